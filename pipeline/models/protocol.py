@@ -20,11 +20,13 @@ class Rollout:
     latents:        [B, horizon, ...] predicted embeddings (time on dim 1), or None.
     target_latents: [B, horizon, ...] the model's embedding of the true future, same shape as
                     `latents`, or None when the model cannot embed the truth (or it was not given).
+    rewards:        [B, horizon] predicted rewards, for models with a reward head (RSSM), else None.
     """
 
     frames: Tensor | None = None
     latents: Tensor | None = None
     target_latents: Tensor | None = None
+    rewards: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.frames is None and self.latents is None:
@@ -72,3 +74,14 @@ def to_unit(video: Tensor) -> Tensor:
     if video.dtype != torch.uint8:
         raise TypeError(f"expected uint8 video, got {video.dtype}")
     return video.float().div_(255.0)
+
+
+@runtime_checkable
+class LatentWorldModel(WorldModel, Protocol):
+    """A WorldModel that can also embed observed frames, e.g. a goal image for planning.
+
+    embed(video): uint8 [B, T, C, H, W] -> [B, T, ...] latents comparable with Rollout.latents.
+    """
+
+    @torch.no_grad()
+    def embed(self, video: Tensor) -> Tensor: ...
