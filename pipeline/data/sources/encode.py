@@ -17,7 +17,8 @@ def even_size(width: int, height: int, shorter: int | None) -> tuple[int, int]:
         scale = shorter / min(width, height)
         width, height = width * scale, height * scale
     # yuv420p subsamples chroma by 2 in both directions, so libx264 needs even dimensions.
-    return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
+    # Half-up rounding (not Python's half-to-even) so an odd `shorter` always rounds up.
+    return max(2, int(width / 2 + 0.5) * 2), max(2, int(height / 2 + 0.5) * 2)
 
 
 class ClipEncoder:
