@@ -1,0 +1,235 @@
+"""Clip decoding from video bytes in memory: frame selection, decoding, resize + crop.
+
+Everything here works on the bytes of one `KEY.mp4` (never a temporary file). Anything wrong with
+the input raises `SkipSample(reason)`, which the stream counts per reason and skips.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Decoder = Literal["decord", "pyav"]
+
+
+class SkipSample(Exception):
+    """A sample that cannot be used; `reason` is a short counter name, `detail` says why."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How a clip is cut from a video.
+
+    frames: frames per clip (T).
+    frame_stride: source frames between two clip frames (ignored when fps is set).
+    fps: target frame rate; the stride becomes source_fps / fps (may be fractional).
+    resolution: side of the square output after resizing the shorter side and cropping.
+    max_pixels: largest width x height accepted (declared in json or found in the stream).
+    max_frames: largest frame count accepted (declared in json or found in the stream).
+    """
+
+    frames: int = 8
+    frame_stride: int = 1
+    fps: float | None = None
+    resolution: int = 64
+    max_pixels: int = 4096 * 2304
+    max_frames: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.frame_stride < 1 or self.resolution < 1:
+            raise ValueError(f"frames, frame_stride and resolution must be >= 1, got {self}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+
+
+# First bytes of the containers we accept; anything else is not handed to the decoder at all
+# (decord echoes unreadable input into its error message, which floods logs for large blobs).
+_BMFF_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp"}
+_MAGICS = (b"\x1aE\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")
+
+
+def check_container(data: bytes) -> None:
+    """Raise SkipSample unless `data` starts like a video container we can decode."""
+    if len(data) == 0:
+        raise SkipSample("empty_video", "zero bytes")
+    if len(data) >= 8 and data[4:8] in _BMFF_BOXES:
+        return
+    if data.startswith(_MAGICS) or (len(data) > 188 and data[0] == 0x47 and data[188] == 0x47):
+        return
+    raise SkipSample("bad_video", "not a recognised video container")
+
+
+def probe_mp4_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the largest track from the mp4 `tkhd` boxes, without decoding; None if absent."""
+    best, pos = None, data.find(b"tkhd")
+    while pos >= 4:
+        size = struct.unpack(">I", data[pos - 4 : pos])[0]
+        end = pos - 4 + size
+        if 92 <= size and end <= len(data):  # tkhd ends with width, height as 16.16 fixed point
+            width, height = (v >> 16 for v in struct.unpack(">II", data[end - 8 : end]))
+            if best is None or width * height > best[0] * best[1]:
+                best = (width, height)
+        pos = data.find(b"tkhd", pos + 4)
+    return best
+
+
+class VideoSource:
+    """An opened video: `len(src)` frames at `src.fps`; `src.get(indices)` -> uint8 [T, H, W, 3]."""
+
+    def __init__(self, data: bytes, decoder: Decoder = "decord", threads: int = 1) -> None:
+        check_container(data)
+        self.decoder = decoder
+        self._data = data
+        try:
+            if decoder == "decord":
+                import decord
+
+                self._reader = decord.VideoReader(io.BytesIO(data), num_threads=threads)
+                self.num_frames = len(self._reader)
+                self.fps = float(self._reader.get_avg_fps())
+            elif decoder == "pyav":
+                self._open_pyav()
+            else:
+                raise ValueError(f"decoder must be 'decord' or 'pyav', got {decoder!r}")
+        except (RuntimeError, OSError, EOFError) as exn:  # decord.DECORDError is a RuntimeError
+            raise SkipSample("bad_video", f"cannot open: {str(exn)[:120]}") from exn
+        except Exception as exn:
+            if type(exn).__module__.startswith("av"):
+                raise SkipSample("bad_video", f"cannot open: {str(exn)[:120]}") from exn
+            raise
+
+    def _open_pyav(self) -> None:
+        import av
+
+        with av.open(io.BytesIO(self._data)) as container:
+            if not container.streams.video:
+                raise SkipSample("bad_video", "no video stream")
+            stream = container.streams.video[0]
+            self.fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+            frames = stream.frames
+            if not frames and stream.duration and stream.time_base:
+                frames = int(float(stream.duration * stream.time_base) * self.fps)
+            self.num_frames = int(frames)
+            self._size = (stream.codec_context.width, stream.codec_context.height)
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """Decode the frames at `indices` (sorted, in range) -> uint8 [T, H, W, 3]."""
+        try:
+            if self.decoder == "decord":
+                return self._reader.get_batch(indices.tolist()).asnumpy()
+            return _pyav_frames(self._data, indices)
+        except SkipSample:
+            raise
+        except Exception as exn:  # a stream that opens but breaks mid-way (truncated, corrupt)
+            raise SkipSample("bad_video", f"decode failed: {str(exn)[:120]}") from exn
+
+
+def _pyav_frames(data: bytes, indices: np.ndarray) -> np.ndarray:
+    """Decode sequentially with PyAV up to the last wanted frame, keeping the wanted ones."""
+    import av
+
+    wanted = {int(i): [] for i in indices}
+    last = int(indices.max())
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for n, frame in enumerate(container.decode(stream)):
+            if n in wanted:
+                wanted[n].append(frame.to_ndarray(format="rgb24"))
+            if n >= last:
+                break
+    frames = [wanted[int(i)][0] for i in indices if wanted[int(i)]]
+    if len(frames) != len(indices):
+        raise SkipSample("too_few_frames", f"stream ended after {n + 1} frames, clip needs frame {last}")
+    return np.stack(frames)
+
+
+def select_indices(num_frames: int, source_fps: float, spec: ClipSpec, rng: np.random.Generator | None) -> np.ndarray:
+    """Frame indices of one clip: int64 [T], sorted.
+
+    The stride is `frame_stride`, or source_fps / fps when `spec.fps` is set. The start is drawn
+    from `rng` (train) or is 0 when rng is None (eval, deterministic).
+    """
+    stride = source_fps / spec.fps if spec.fps else float(spec.frame_stride)
+    offsets = np.round(np.arange(spec.frames) * stride).astype(np.int64)
+    span = int(offsets[-1]) + 1
+    if span > num_frames:
+        raise SkipSample("too_few_frames", f"{num_frames} frames, clip needs {span}")
+    start = 0 if rng is None else int(rng.integers(0, num_frames - span + 1))
+    return offsets + start
+
+
+def resize_crop(frames: np.ndarray, resolution: int, rng: np.random.Generator | None) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> uint8 [T, 3, R, R]: square crop (random in train, centre when rng is None), resize.
+
+    Cropping the square in source pixels and then resizing equals resizing the shorter side first and
+    cropping after, but resamples fewer pixels.
+    """
+    t, h, w, _ = frames.shape
+    side = min(h, w)
+    if rng is None:
+        top, left = (h - side) // 2, (w - side) // 2
+    else:
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + side, left : left + side]))
+    crop = crop.permute(0, 3, 1, 2)  # (T, 3, side, side)
+    if side == resolution:
+        return crop.contiguous()
+    size = (resolution, resolution)
+    out = F.interpolate(crop.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def check_declared(meta: dict, spec: ClipSpec) -> None:
+    """Caps on what the json declares (cheap, before any decoding)."""
+    try:
+        width, height = int(meta.get("width") or 0), int(meta.get("height") or 0)
+        num_frames = int(meta.get("num_frames") or 0)
+    except (TypeError, ValueError) as exn:
+        raise SkipSample("bad_json", f"width/height/num_frames not integers: {exn}") from exn
+    if width * height > spec.max_pixels or num_frames > spec.max_frames:
+        raise SkipSample("too_large", f"declared {width}x{height}, {num_frames} frames")
+
+
+def decode_clip(
+    data: bytes,
+    spec: ClipSpec,
+    rng: np.random.Generator | None = None,
+    decoder: Decoder = "decord",
+    threads: int = 1,
+    max_index: int | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Decode one clip from video bytes -> (uint8 [T, 3, R, R], frame indices int64 [T]).
+
+    rng: random start and crop (train); None gives start 0 and a centre crop (eval).
+    max_index: frames available in side arrays (actions...); the clip must fit in both.
+    """
+    size = probe_mp4_size(data) if len(data) >= 8 and data[4:8] in _BMFF_BOXES else None
+    if size is not None and size[0] * size[1] > spec.max_pixels:
+        raise SkipSample("too_large", f"stream is {size[0]}x{size[1]}")
+    source = VideoSource(data, decoder, threads)
+    if len(source) > spec.max_frames:
+        raise SkipSample("too_large", f"stream has {len(source)} frames")
+    available = len(source) if max_index is None else min(len(source), max_index)
+    indices = select_indices(available, source.fps, spec, rng)
+    frames = source.get(indices)
+    if frames.ndim != 4 or frames.shape[0] != spec.frames or frames.shape[-1] != 3:
+        raise SkipSample("bad_frames", f"decoder returned {tuple(frames.shape)}, expected ({spec.frames}, H, W, 3)")
+    if frames.shape[1] * frames.shape[2] > spec.max_pixels:
+        raise SkipSample("too_large", f"decoded {frames.shape[2]}x{frames.shape[1]}")
+    video = resize_crop(frames, spec.resolution, rng)
+    return video, indices
