@@ -37,7 +37,7 @@ def dist_env() -> DistEnv:
         rank = _env_int("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK") or 0
         world = _env_int("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE") or 1
     local = _env_int("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK") or 0
-    node = _env_int("NODE_RANK", "GROUP_RANK", "SLURM_NODEID") or 0
+    node = node_rank_from_env()
     if not 0 <= rank < world:
         raise RuntimeError(f"rank {rank} is outside world size {world}: check the launcher's environment")
     return DistEnv(rank=rank, world_size=world, local_rank=local, node_rank=node)
@@ -47,3 +47,74 @@ def worker_info() -> tuple[int, int]:
     """(worker id, number of workers) of the current DataLoader worker; (0, 1) in the main process."""
     info = torch.utils.data.get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class LaunchError(RuntimeError):
+    """The launcher's environment does not describe the world the trainer was configured for."""
+
+
+def _slurm_job_steps() -> tuple[int, int] | None:
+    """(tasks, nodes) of the SLURM step running this process, or None outside a multi-task SLURM step."""
+    tasks = _env_int("SLURM_NTASKS", "SLURM_NPROCS")
+    if tasks is None or tasks <= 1:
+        return None
+    nodes = _env_int("SLURM_JOB_NUM_NODES", "SLURM_NNODES") or 1
+    return tasks, nodes
+
+
+def node_rank_from_env() -> int:
+    """This node's index: NODE_RANK (Lightning, local.sh), GROUP_RANK (torchrun), CROSS_RANK (DeepSpeed launcher)."""
+    return _env_int("NODE_RANK", "GROUP_RANK", "CROSS_RANK", "SLURM_NODEID") or 0
+
+
+def check_world(devices: int, num_nodes: int, slurm_managed: bool) -> None:
+    """Fail loudly when the launcher's world differs from the trainer's `devices x num_nodes`.
+
+    devices: processes per node the trainer expects (`trainer.devices`).
+    num_nodes: nodes the trainer expects (`trainer.num_nodes`).
+    slurm_managed: whether the trainer takes ranks from SLURM (False, e.g., for an interactive job name),
+        in which case a multi-task SLURM step would start `devices` processes per task.
+    The silent fallback this prevents: N processes each training alone on the full data.
+    """
+    expected = devices * num_nodes
+    hint = "set trainer.devices / trainer.num_nodes to match the launcher, or relaunch with matching counts"
+    slurm = _slurm_job_steps()
+    if slurm is not None:
+        tasks, nodes = slurm
+        if not slurm_managed:
+            raise LaunchError(
+                f"SLURM started {tasks} tasks but the trainer does not take its ranks from SLURM (interactive job "
+                "name?); each task would train alone. Launch with `sbatch launch/slurm.sbatch` or `srun` in a batch "
+                "job, or run one task and let the trainer start its processes"
+            )
+        if tasks != expected or nodes != num_nodes:
+            raise LaunchError(
+                f"SLURM started {tasks} tasks on {nodes} nodes but the trainer expects devices={devices} x "
+                f"num_nodes={num_nodes} = {expected} processes: {hint} (one task per GPU: --ntasks-per-node=devices)"
+            )
+        return
+    world = _env_int("WORLD_SIZE")
+    if world is not None and world != expected:
+        raise LaunchError(
+            f"WORLD_SIZE={world} from the launcher but the trainer expects devices={devices} x "
+            f"num_nodes={num_nodes} = {expected} processes: {hint}"
+        )
+    local_world = _env_int("LOCAL_WORLD_SIZE", "LOCAL_SIZE")
+    if local_world is not None and local_world != devices:
+        raise LaunchError(f"the launcher started {local_world} processes on this node but trainer.devices={devices}")
+    if num_nodes > 1 and world is None:
+        raise LaunchError(
+            f"num_nodes={num_nodes} needs a launcher that starts the processes on every node "
+            "(launch/slurm.sbatch, launch/torchrun.sh, launch/deepspeed.sh); none was detected"
+        )
+
+
+def check_rank(global_rank: int) -> None:
+    """Fail when the rank the trainer derived differs from the launcher's RANK (e.g., a missing node rank)."""
+    launcher_rank = _env_int("RANK", "SLURM_PROCID")
+    if launcher_rank is not None and _env_int("WORLD_SIZE", "SLURM_NTASKS") not in (None, 1):
+        if launcher_rank != global_rank:
+            raise LaunchError(
+                f"the launcher says RANK={launcher_rank} but the trainer computed rank {global_rank} "
+                f"(node rank {node_rank_from_env()}): set NODE_RANK on every node"
+            )
