@@ -94,6 +94,7 @@ class ShardWriter:
         self.entries: list[ShardEntry] = []
         self.stats: dict[str, Any] = {}
         self.manifest: Manifest | None = None
+        self._keys: set[str] = set()
         self._tar: Any = None
         self._file: Any = None
         self._count = 0
@@ -137,6 +138,9 @@ class ShardWriter:
     def write(self, sample: Sample) -> None:
         """Append one sample, starting a new shard every `shard_size` samples."""
         record = encode_sample(sample)
+        if sample.key in self._keys:
+            raise ValueError(f"duplicate sample key {sample.key!r}: webdataset would merge the two samples")
+        self._keys.add(sample.key)
         if self._tar is None:
             self._open()
         self._tar.write(record)

