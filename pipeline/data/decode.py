@@ -130,7 +130,10 @@ class VideoSource:
         """Decode the frames at `indices` (sorted, in range) -> uint8 [T, H, W, 3]."""
         try:
             if self.decoder == "decord":
-                return self._reader.get_batch(indices.tolist()).asnumpy()
+                try:
+                    return self._reader.get_batch(indices.tolist()).asnumpy()
+                except Exception:  # decord fails on some streams PyAV reads (e.g. frames 16 px wide)
+                    return _pyav_frames(self._data, indices)
             return _pyav_frames(self._data, indices)
         except SkipSample:
             raise

@@ -119,6 +119,7 @@ class SkipTracker:
         self._shards_since_good = 0
         self._max_skips = 1000
         self._max_shards = 16
+        self._shard, self._shard_failed = "?", False
 
     def configure(self, num_shards: int, max_consecutive_skips: int) -> None:
         self._max_skips = max_consecutive_skips
@@ -147,12 +148,13 @@ class SkipTracker:
         return out
 
     def handler(self, exn: Exception) -> bool:
-        """webdataset handler for tar-level errors: count, warn once per shard, continue."""
-        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(".tar")), "?")
+        """webdataset handler for tar-level errors: count once per shard read, warn once per shard, continue."""
         reason = "truncated_tar" if isinstance(exn, (tarfile.TarError, EOFError)) else "shard_error"
         if isinstance(exn, FileNotFoundError):
             reason = "missing_shard"
-        self._report(reason, f"shard {url}", str(exn.args[0] if exn.args else exn)[:160])
+        if not self._shard_failed:  # one broken shard raises in the member read and again in the listing
+            self._shard_failed = True
+            self._report(reason, f"shard {self._shard}", str(exn.args[0] if exn.args else exn)[:160])
         return True
 
     def watch_shards(self, src: Iterator[dict], retries: int, delay: float) -> Iterator[dict]:
@@ -165,6 +167,7 @@ class SkipTracker:
                     f"(counts: {dict(self.counts)}); check the dataset"
                 )
             url = item["url"]
+            self._shard, self._shard_failed = url, False
             if "://" not in url and not url.startswith("pipe:") and not wait_for(url, retries, delay):
                 self._report("missing_shard", f"shard {url}", "missing after retries")
                 continue
