@@ -123,7 +123,11 @@ class VideoClipper:
                 stats.skip("no_frame_rate", source, "the stream declares no frame rate")
                 return
             stream.thread_type = "AUTO"
-            produced = yield from self._cut(container, stream, fps, source, caption, stats)
+            try:
+                produced = yield from self._cut(container, stream, fps, source, caption, stats)
+            except Exception as error:  # one odd input must not end a long job; clips already yielded stay
+                stats.skip("error", source, repr(error))
+                produced = 0
         if produced:
             stats.videos_ok += 1
 
