@@ -1,4 +1,4 @@
-"""`wm shards videos|atari|sample|verify`: write WebDataset shards and check them against their manifest.
+"""`wm shards videos|atari|sample|verify|index`: write WebDataset shards and check them against their manifest.
 
 Exit codes: 0 success; 1 the data is bad (verify found problems, every input video failed);
 2 the command line is wrong (unknown option, missing --src, unknown game, existing output without --force).
@@ -17,7 +17,7 @@ USAGE_ERROR, DATA_ERROR = 2, 1
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wm shards", description="Write and verify WebDataset shards.")
-    sub = parser.add_subparsers(dest="command", metavar="{videos,atari,sample,verify}")
+    sub = parser.add_subparsers(dest="command", metavar="{videos,atari,sample,verify,index}")
     sub.required = True
 
     videos = sub.add_parser("videos", help="cut video files into clips and write shards",
@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check a dataset against its manifest.json",
                             description="Check shards against manifest.json: presence, size, sha256, sample count.")
     verify.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="dataset directory (holds manifest.json)")
+
+    index = sub.add_parser("index", help="write manifest.json for existing shards (e.g. video2dataset output)",
+                           description="Write manifest.json for the .tar shards in DIR, counting samples per tar.")
+    index.add_argument("dir", type=Path, metavar="DIR", help="directory of .tar shards")
+    index.add_argument("--source", default=None, help="label of the corpus for the manifest's info.source")
+    index.add_argument("--force", action="store_true", help="replace an existing manifest.json")
     return parser
 
 
@@ -118,6 +124,19 @@ def _verify(args: argparse.Namespace) -> int:
     return status
 
 
+def _index(args: argparse.Namespace, created_by: str) -> int:
+    from pipeline.data.manifest import ManifestError, index_dataset
+
+    try:
+        manifest = index_dataset(args.dir, {"source": args.source or str(args.dir), "created_by": created_by},
+                                 overwrite=args.force)
+    except ManifestError as error:
+        print(f"wm shards index: {error}", file=sys.stderr)
+        return DATA_ERROR
+    print(f"{args.dir}: manifest written, {manifest.num_samples} samples in {len(manifest.shards)} shards")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `wm shards`; returns the exit code."""
     parser = _parser()
@@ -134,6 +153,8 @@ def main(argv: list[str]) -> int:
             return _atari(args, created_by)
         if args.command == "sample":
             return _sample(args)
+        if args.command == "index":
+            return _index(args, created_by)
         return _verify(args)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"wm shards {args.command}: {error}", file=sys.stderr)

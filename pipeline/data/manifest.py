@@ -195,6 +195,30 @@ def verify_dataset(directory: str | Path) -> list[Problem]:
     return problems
 
 
+def index_dataset(directory: str | Path, info: dict[str, Any] | None = None, overwrite: bool = False) -> Manifest:
+    """Write a manifest for the *.tar shards already in DIR (e.g. video2dataset output), in name order.
+
+    Sample counts come from reading each tar; an unreadable tar raises ManifestError naming it.
+    """
+    directory = Path(directory)
+    if (directory / MANIFEST_NAME).exists() and not overwrite:
+        raise FileExistsError(f"{directory / MANIFEST_NAME} exists; pass overwrite/--force to replace it")
+    shards = sorted(p for p in directory.glob("*.tar") if p.is_file()) if directory.is_dir() else []
+    if not shards:
+        raise FileNotFoundError(f"no .tar shards in {directory}")
+    entries = []
+    for path in shards:
+        try:
+            count = count_tar_samples(path)
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise ManifestError(f"cannot index {path}: {error}") from None
+        entries.append(ShardEntry(name=path.name, samples=count, bytes=path.stat().st_size,
+                                  sha256=file_sha256(path)))
+    manifest = Manifest(shards=entries, info={"kind": "indexed", **(info or {})})
+    write_manifest(directory, manifest)
+    return manifest
+
+
 def errors(problems: list[Problem]) -> list[Problem]:
     """The problems that make a dataset unusable (warnings dropped)."""
     return [p for p in problems if p.severity == "error"]

