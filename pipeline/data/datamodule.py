@@ -8,6 +8,7 @@ Batches: video uint8 [B, T, C, H, W], key list[str], and when the dataset has th
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +52,8 @@ class StreamLoader(DataLoader):
         for batch in super().__iter__():
             self.stream.set_resume(None)  # applies to the pass just started only
             record = batch.pop("__stream__")
+            for message in record["warnings"]:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
             self.records.append((record["worker"], record["cursor"]))
             if record["skips"] != self._latest.get(record["worker"], {}):
                 self._latest[record["worker"]] = record["skips"]

@@ -114,6 +114,7 @@ class SkipTracker:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.pending: list[str] = []
         self._warned: set[str] = set()
         self._skips_in_row = 0
         self._shards_since_good = 0
@@ -129,7 +130,11 @@ class SkipTracker:
         self.counts[reason] += 1
         if what not in self._warned:
             self._warned.add(what)
-            warnings.warn(f"skipped {what}: {reason}: {detail}", RuntimeWarning, stacklevel=3)
+            message = f"skipped {what}: {reason}: {detail}"
+            if torch.utils.data.get_worker_info() is None:
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+            else:  # a worker's warnings would stay in the worker: the loader re-issues them in the main process
+                self.pending.append(message)
 
     def run(self, fn: Callable[..., dict], sample: dict[str, Any], *args: Any) -> dict | None:
         """fn(sample, *args), or None after counting a SkipSample."""

@@ -167,7 +167,9 @@ class ClipStream(torch.utils.data.IterableDataset):
             cursor = batch.pop("__cursor__")
             if self.batch_transform is not None:
                 batch = self.batch_transform(batch)
-            batch["__stream__"] = {"worker": worker, "cursor": cursor, "skips": dict(tracker.counts)}
+            batch["__stream__"] = {"worker": worker, "cursor": cursor, "skips": dict(tracker.counts),
+                                   "warnings": tracker.pending}  # fmt: skip
+            tracker.pending = []
             yield batch
 
     def _pipeline(self, rank: int, world: int, worker: int, workers: int, tracker: SkipTracker, skip: int):
