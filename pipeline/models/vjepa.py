@@ -132,7 +132,7 @@ class VJEPAModule(ScheduledModule):
         ema_final: float = 1.0,
         ema_constant: bool = False,
         monitor_every: int = 10,
-        decoder: bool = False,
+        pixel_decoder: bool = False,
     ) -> None:
         """
         Args:
@@ -164,7 +164,7 @@ class VJEPAModule(ScheduledModule):
             ema_final: target-encoder momentum at the last step (linear schedule).
             ema_constant: keep the momentum at ema_start (V-JEPA 2).
             monitor_every: log collapse monitors every this many steps.
-            decoder: train a light pixel decoder on detached target latents so rollouts also return frames.
+            pixel_decoder: train a light pixel decoder on detached target latents so rollouts also return frames.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -190,7 +190,7 @@ class VJEPAModule(ScheduledModule):
         self.predictor = MaskedPredictor(
             dim, pred_dim, pred_depth, pred_heads, self.masker.num_generators, 4.0, use_rope
         )
-        self.decoder = TokenDecoder(dim, patch_size, tubelet_size) if decoder else None
+        self.decoder = TokenDecoder(dim, patch_size, tubelet_size) if pixel_decoder else None
         self.setup_schedules()
 
     def batch_masks(self, batch: dict[str, Any], salt: int) -> tuple[list[Tensor], list[Tensor]]:

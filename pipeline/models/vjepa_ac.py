@@ -69,7 +69,7 @@ class VJEPAACModule(ScheduledModule):
         ema_final: float = 1.0,
         ema_constant: bool = False,
         monitor_every: int = 10,
-        decoder: bool = False,
+        pixel_decoder: bool = False,
     ) -> None:
         """
         Args:
@@ -99,7 +99,7 @@ class VJEPAACModule(ScheduledModule):
             ema_final: target-encoder momentum at the last step.
             ema_constant: keep the momentum at ema_start.
             monitor_every: log collapse monitors every this many steps.
-            decoder: train a light pixel decoder on detached latents so rollouts also return frames.
+            pixel_decoder: train a light pixel decoder on detached latents so rollouts also return frames.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -115,7 +115,7 @@ class VJEPAACModule(ScheduledModule):
         else:
             self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.predictor = FrameCausalPredictor(dim, action_dim, pred_dim, pred_depth, pred_heads)
-        self.decoder = TokenDecoder(dim, patch_size, tubelet_size) if decoder else None
+        self.decoder = TokenDecoder(dim, patch_size, tubelet_size) if pixel_decoder else None
         self.setup_schedules()
 
     def encode_frames(self, video: Tensor, target: bool) -> Tensor:
