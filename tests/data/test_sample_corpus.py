@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipeline.data.manifest import manifest_hash, read_manifest, verify_dataset
 from pipeline.data.sample import build_sample_corpus
@@ -65,3 +66,14 @@ def test_build_is_idempotent_and_repairs_a_broken_dataset(sample_corpus: Path, t
     # Seeded episodes and single-threaded x264: the rebuilt dataset is byte-identical to the first build.
     assert manifest_hash(root / "atari") == hashes["atari"]
     assert (root / "videos" / "manifest.json").stat().st_mtime_ns == before[root / "videos" / "manifest.json"]
+
+
+def test_sample_command_reports_the_verified_corpus(sample_corpus: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.data.commands import main
+
+    root = Path(shutil.copytree(sample_corpus, tmp_path / "corpus"))
+    assert main(["sample", "--out", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{root / 'videos'}: 13 samples in 4 shards (verified)" in out
+    assert f"{root / 'atari'}: 8 samples in 4 shards (verified)" in out
