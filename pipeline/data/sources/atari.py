@@ -9,6 +9,7 @@ Per episode: `KEY.mp4` (one frame per agent step: the last emulator frame of eac
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,15 +70,20 @@ def check_game(game: str) -> str:
     return str(roms.get_rom_path(game))
 
 
-def _make_ale(config: AtariConfig, seed: int) -> Any:
+@functools.lru_cache(maxsize=4)
+def _emulator(game: str) -> Any:
+    """One emulator per game and process: loading a ROM costs far more than playing a short episode."""
     from ale_py import ALEInterface, LoggerMode
 
     ALEInterface.setLoggerMode(LoggerMode.Error)
     ale = ALEInterface()
-    ale.setInt("random_seed", seed)
+    # With emulator stickiness off the emulator is deterministic: its seed changes nothing, and every
+    # reset_game() starts from the same state whatever was played before (checked for several games),
+    # so all randomness comes from the policy's seeded generator.
+    ale.setInt("random_seed", 0)
     # The policy does its own stickiness, so the recorded action is the one the emulator executed.
     ale.setFloat("repeat_action_probability", 0.0)
-    ale.loadROM(check_game(config.game))
+    ale.loadROM(check_game(game))
     return ale
 
 
@@ -91,7 +97,8 @@ def _resize(frame: np.ndarray, size: int) -> np.ndarray:
 def play_episode(config: AtariConfig, episode: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """Play one seeded episode: frames `[T, S, S, 3] uint8`, the per-frame arrays, and json metadata."""
     rng = np.random.default_rng([config.seed, episode])
-    ale = _make_ale(config, int(rng.integers(0, 2**31 - 1)))
+    ale = _emulator(config.game)
+    ale.reset_game()
     action_set = ale.getLegalActionSet() if config.full_action_space else ale.getMinimalActionSet()
     frames, actions, rewards, terminals = [], [], [], []
     previous = int(rng.integers(len(action_set)))
