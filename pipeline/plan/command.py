@@ -39,7 +39,9 @@ def load_model(ckpt: str | Path, device: str = "cpu") -> torch.nn.Module:
         raise ValueError(f"{path} has no 'wm_class_path': not a checkpoint of a pipeline world model")
     module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
-    model = cls(**state.get("hyper_parameters", {}))
+    # LightningCLI adds bookkeeping entries such as `_class_path` next to the init arguments
+    hparams = {k: v for k, v in state.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    model = cls(**hparams)
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval()
 
