@@ -55,6 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=3, help="online: seeded episodes; offline: episodes to use")
     p.add_argument("--seed", type=int, default=0, help="base seed (episode i uses seed + i)")
     p.add_argument("--max-steps", type=int, default=200, help="agent steps per online episode at most")
+    p.add_argument("--noop-max", type=int, default=30, help="online: up to this many seeded no-ops start each episode")
     p.add_argument("--frameskip", type=int, default=4, help="without --data: emulator frames per step")
     p.add_argument("--horizon", type=int, default=8, help="planned steps")
     p.add_argument("--replan-every", type=int, default=1, help="MPC: execute this many actions per plan")
@@ -101,19 +102,20 @@ def run_online(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     settings = (AtariSettings.from_dataset(args.data) if args.data
                 else AtariSettings(game=args.game, frameskip=args.frameskip,
                                 size=int(getattr(model.hparams, "resolution", 64))))
-    probe = AtariEnv(settings, seed=args.seed)
-    space = ActionSpace(True, probe.num_actions, probe.meanings)
+    env = AtariEnv(settings, seed=args.seed, noop_max=args.noop_max)
+    space = ActionSpace(True, env.num_actions, env.meanings)
     proposer = build_proposer(args, space)
     planner, random_ = [], []
     for i in range(args.episodes):
         seed = args.seed + i
         controller = MPCController(model, proposer, lambda: ReturnObjective(args.discount), space.n,
                                    args.horizon, args.replan_every, model.context_frames, seed)
-        planner.append(run_episode(AtariEnv(settings, seed), controller, args.max_steps)["return"])
-        random_.append(run_episode(AtariEnv(settings, seed), None, args.max_steps, random_policy(space.n, seed))
-                       ["return"])
+        # both players start from the same seeded no-op start
+        planner.append(run_episode(env, controller, args.max_steps, seed=seed)["return"])
+        random_.append(run_episode(env, None, args.max_steps, random_policy(space.n, seed), seed=seed)["return"])
         print(f"episode {i} (seed {seed}): planner {planner[-1]:.1f}  random {random_[-1]:.1f}", flush=True)
-    out = {"mode": "online", "env": probe.describe(), "episodes": args.episodes, "max_steps": args.max_steps,
+    out = {"mode": "online", "env": env.describe(), "noop_max": args.noop_max, "episodes": args.episodes,
+           "max_steps": args.max_steps,
            "planner": {"returns": planner, **_summary(planner)}, "random": {"returns": random_, **_summary(random_)}}
     if isinstance(proposer, LanguageModelProposer):
         out["llm"] = vars(proposer.stats)

@@ -66,13 +66,13 @@ def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
 class AtariEnv:
     """reset() -> frame uint8 [3, S, S]; step(action index) -> (frame, reward, done)."""
 
-    def __init__(self, settings: AtariSettings, seed: int = 0) -> None:
+    def __init__(self, settings: AtariSettings, seed: int = 0, noop_max: int = 0) -> None:
         from ale_py import ALEInterface, LoggerMode
 
         from pipeline.data.sources.atari import check_game
 
         ALEInterface.setLoggerMode(LoggerMode.Error)
-        self.settings = settings
+        self.settings, self.noop_max = settings, noop_max
         self.ale = ALEInterface()
         self.ale.setInt("random_seed", int(seed))
         # the shards were recorded without emulator stickiness; the recorded action is the executed one
@@ -89,8 +89,14 @@ class AtariEnv:
     def _frame(self) -> Tensor:
         return torch.from_numpy(resize_frame(self.ale.getScreenRGB(), self.settings.size).copy()).permute(2, 0, 1)
 
-    def reset(self) -> Tensor:
+    def reset(self, seed: int | None = None) -> Tensor:
+        """Start a new game; with noop_max > 0, a number of no-op steps drawn from `seed` first (no-op starts),
+        so that seeded episodes of the deterministic emulator begin in different states."""
         self.ale.reset_game()
+        if self.noop_max > 0:
+            rng = torch.Generator().manual_seed(0 if seed is None else int(seed))
+            for _ in range(int(torch.randint(self.noop_max + 1, (1,), generator=rng))):
+                self.step(self.meanings.index("NOOP") if "NOOP" in self.meanings else 0)
         return self._frame()
 
     def step(self, action: int) -> tuple[Tensor, float, bool]:

@@ -76,10 +76,10 @@ class MPCController:
 
 
 def run_episode(env: object, controller: MPCController | None, max_steps: int,
-                random_policy: Callable[[], int] | None = None) -> dict[str, float]:
-    """Play one episode of `env` (reset() -> frame, step(a) -> (frame, reward, done)); the controller or a
+                random_policy: Callable[[], int] | None = None, seed: int | None = None) -> dict[str, float]:
+    """Play one episode of `env` (reset(seed) -> frame, step(a) -> (frame, reward, done)); the controller or a
     random policy chooses actions. Returns {"return", "steps"}."""
-    frame = env.reset()
+    frame = env.reset() if seed is None else env.reset(seed)
     if controller is not None:
         controller.reset(frame)
     total, steps = 0.0, 0
