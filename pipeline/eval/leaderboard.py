@@ -128,3 +128,10 @@ def write_gif(frames: np.ndarray, path: Path, fps: int = 4) -> None:
 
     images = [Image.fromarray(np.ascontiguousarray(f.transpose(1, 2, 0)).squeeze()) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def write_leaderboard(paths: list[str | Path], out: str | Path, rank_by: str | None = None) -> dict[str, Any]:
+    """leaderboard.md/.json, plots and sample strips into `out` (see pipeline.eval.board_command)."""
+    from pipeline.eval.board_command import write_leaderboard as write
+
+    return write(paths, out, rank_by)
