@@ -78,24 +78,32 @@ def probe_mp4_size(data: bytes) -> tuple[int, int] | None:
         end = pos - 4 + size
         if 92 <= size and end <= len(data):  # tkhd ends with width, height as 16.16 fixed point
             width, height = (v >> 16 for v in struct.unpack(">II", data[end - 8 : end]))
-            if best is None or width * height > best[0] * best[1]:
+            if width * height > 0 and (best is None or width * height > best[0] * best[1]):
                 best = (width, height)
         pos = data.find(b"tkhd", pos + 4)
     return best
 
 
 class VideoSource:
-    """An opened video: `len(src)` frames at `src.fps`; `src.get(indices)` -> uint8 [T, H, W, 3]."""
+    """An opened video: `len(src)` frames at `src.fps`; `src.get(indices)` -> uint8 [T, H, W, 3].
 
-    def __init__(self, data: bytes, decoder: Decoder = "decord", threads: int = 1) -> None:
+    size: (width, height) to scale frames to while converting them to RGB (in the decoder's C code,
+    far cheaper than resizing decoded frames afterwards); None keeps the stream's size.
+    """
+
+    def __init__(
+        self, data: bytes, decoder: Decoder = "decord", threads: int = 1, size: tuple[int, int] | None = None
+    ) -> None:
         check_container(data)
         self.decoder = decoder
         self._data = data
+        self._size = size
         try:
             if decoder == "decord":
                 import decord
 
-                self._reader = decord.VideoReader(io.BytesIO(data), num_threads=threads)
+                width, height = size or (-1, -1)
+                self._reader = decord.VideoReader(io.BytesIO(data), width=width, height=height, num_threads=threads)
                 self.num_frames = len(self._reader)
                 self.fps = float(self._reader.get_avg_fps())
             elif decoder == "pyav":
@@ -121,7 +129,6 @@ class VideoSource:
             if not frames and stream.duration and stream.time_base:
                 frames = int(float(stream.duration * stream.time_base) * self.fps)
             self.num_frames = int(frames)
-            self._size = (stream.codec_context.width, stream.codec_context.height)
 
     def __len__(self) -> int:
         return self.num_frames
@@ -133,15 +140,15 @@ class VideoSource:
                 try:
                     return self._reader.get_batch(indices.tolist()).asnumpy()
                 except Exception:  # decord fails on some streams PyAV reads (e.g. frames 16 px wide)
-                    return _pyav_frames(self._data, indices)
-            return _pyav_frames(self._data, indices)
+                    return _pyav_frames(self._data, indices, self._size)
+            return _pyav_frames(self._data, indices, self._size)
         except SkipSample:
             raise
         except Exception as exn:  # a stream that opens but breaks mid-way (truncated, corrupt)
             raise SkipSample("bad_video", f"decode failed: {str(exn)[:120]}") from exn
 
 
-def _pyav_frames(data: bytes, indices: np.ndarray) -> np.ndarray:
+def _pyav_frames(data: bytes, indices: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode sequentially with PyAV up to the last wanted frame, keeping the wanted ones."""
     import av
 
@@ -152,6 +159,8 @@ def _pyav_frames(data: bytes, indices: np.ndarray) -> np.ndarray:
         stream.thread_type = "AUTO"
         for n, frame in enumerate(container.decode(stream)):
             if n in wanted:
+                if size is not None:
+                    frame = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="BILINEAR")
                 wanted[n].append(frame.to_ndarray(format="rgb24"))
             if n >= last:
                 break
@@ -188,13 +197,20 @@ def resize_crop(frames: np.ndarray, resolution: int, rng: np.random.Generator | 
         top, left = (h - side) // 2, (w - side) // 2
     else:
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    crop = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + side, left : left + side]))
-    crop = crop.permute(0, 3, 1, 2)  # (T, 3, side, side)
+    # (T, side, side, 3) -> (T, 3, side, side) in numpy: torch's uint8 permute-copy is several times slower
+    crop = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + side, left : left + side].transpose(0, 3, 1, 2)))
     if side == resolution:
-        return crop.contiguous()
+        return crop
     size = (resolution, resolution)
     out = F.interpolate(crop.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def scaled_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(width, height) with the shorter side equal to `shorter`, aspect kept."""
+    width, height = size
+    scale = shorter / max(1, min(width, height))
+    return max(shorter, round(width * scale)), max(shorter, round(height * scale))
 
 
 def check_declared(meta: dict, spec: ClipSpec) -> None:
@@ -224,7 +240,8 @@ def decode_clip(
     size = probe_mp4_size(data) if len(data) >= 8 and data[4:8] in _BMFF_BOXES else None
     if size is not None and size[0] * size[1] > spec.max_pixels:
         raise SkipSample("too_large", f"stream is {size[0]}x{size[1]}")
-    source = VideoSource(data, decoder, threads)
+    # Let the decoder scale the shorter side to `resolution`; only a crop is left to do here.
+    source = VideoSource(data, decoder, threads, None if size is None else scaled_size(size, spec.resolution))
     if len(source) > spec.max_frames:
         raise SkipSample("too_large", f"stream has {len(source)} frames")
     available = len(source) if max_index is None else min(len(source), max_index)
