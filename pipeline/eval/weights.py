@@ -118,8 +118,12 @@ def download(name: str, dest_dir: str | Path | None = None, url: str | None = No
     dest.parent.mkdir(parents=True, exist_ok=True)
     expected = (sha256 or spec.sha256 or "").lower() or None
     with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
-        with urllib.request.urlopen(url or spec.url, timeout=60) as response:  # noqa: S310 (https URL from code)
-            shutil.copyfileobj(response, tmp)
+        try:
+            with urllib.request.urlopen(url or spec.url, timeout=60) as response:  # https URL from code
+                shutil.copyfileobj(response, tmp)
+        except BaseException:
+            os.unlink(tmp.name)  # no partial file left in the cache
+            raise
     digest = sha256_of(tmp.name)
     if expected and digest != expected:
         os.unlink(tmp.name)
