@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
+import pytest
 import torch
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from pipeline.models.diffusion import VideoDiffusionModule
@@ -106,3 +108,32 @@ def test_atari_config_trains_with_actions(sample_corpus: Path, tmp_path: Path, m
     changed = model.rollout(video[:, :4], other, 4).frames
     assert out.shape == (4, 4, 3, 32, 32) and torch.isfinite(out).all()
     assert (out - changed).abs().max() > 0  # trained action embeddings reach the prediction
+
+
+def test_every_diffusion_config_parses_into_the_real_classes() -> None:
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    from pipeline.models.base import WorldModelModule
+
+    def parser() -> ArgumentParser:
+        p = ArgumentParser(exit_on_error=False)
+        p.add_subclass_arguments(WorldModelModule, "model", required=True)
+        p.add_subclass_arguments(LightningDataModule, "data", required=True)
+        p.add_argument("--trainer", type=dict)
+        return p
+
+    configs = sorted((REPO / "configs/diffusion").glob("*.yaml"))
+    assert {c.stem for c in configs} >= {"tiny", "atari", "dit_b", "dit_l"}
+    for path in configs:
+        cfg = parser().parse_object(yaml.safe_load(path.read_text()))
+        model = cfg.model.init_args
+        assert cfg.model.class_path == "pipeline.models.diffusion.VideoDiffusionModule"
+        assert model.frames == cfg.data.init_args.frames and model.resolution == cfg.data.init_args.resolution
+        assert 1 <= model.context_frames < model.frames and model.resolution % model.patch_size == 0
+    atari = parser().parse_object(yaml.safe_load((REPO / "configs/diffusion/atari.yaml").read_text()))
+    assert atari.model.init_args.action_dim == 4 and atari.model.init_args.context_frames == 4
+    bad = yaml.safe_load((REPO / "configs/diffusion/tiny.yaml").read_text())
+    bad["model"]["init_args"]["widht"] = 8
+    with pytest.raises(Exception, match="widht"):
+        parser().parse_object(bad)
