@@ -202,11 +202,16 @@ class VideoDiffusionModule(WorldModelModule):
         gen = torch.Generator(device=batch["video"].device).manual_seed(self.hparams.sample_seed + batch_idx)
         loss = self.diffusion_loss(batch, generator=gen)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["video"].shape[0])
-        if batch_idx == 0 and self.hparams.sample_videos > 0 and self.trainer.is_global_zero:
+        if batch_idx == 0 and self.hparams.sample_videos > 0:
             self.write_sample_videos(batch)
         return loss
 
     def write_sample_videos(self, batch: dict) -> None:
+        """Context | truth | prediction of the first clips, written by rank 0.
+
+        Every rank samples (under ZeRO-3 each forward gathers parameters from all ranks, so a forward
+        on rank 0 alone would hang); only rank 0 writes and logs.
+        """
         from pipeline.models.diffusion_media import log_sample_videos
 
         n, c = self.hparams.sample_videos, self.context_frames
@@ -214,7 +219,8 @@ class VideoDiffusionModule(WorldModelModule):
         actions = batch.get("actions")
         actions = actions[:n] if actions is not None else None
         pred = self.rollout(video[:, :c], actions, video.shape[1] - c).frames
-        log_sample_videos(self.trainer, to_unit(video[:, :c]), to_unit(video[:, c:]), pred, self.global_step)
+        if self.trainer.is_global_zero:
+            log_sample_videos(self.trainer, to_unit(video[:, :c]), to_unit(video[:, c:]), pred, self.global_step)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
