@@ -115,3 +115,24 @@ def test_imagination_with_policy_and_lambda_returns() -> None:
     assert returns.shape == (2, H)
     with pytest.raises(ValueError, match="exactly one"):
         model.imagine(last_state(post), 3)
+
+
+@pytest.mark.parametrize("name", ["tiny", "atari"])
+def test_rssm_configs_build_the_real_classes(name: str) -> None:
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.data.datamodule import ShardDataModule
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "configs" / "rssm" / f"{name}.yaml").read_text())
+    assert cfg["model"]["class_path"] == "pipeline.models.rssm.RSSMModule"
+    model = RSSMModule(**cfg["model"]["init_args"])
+    args = cfg["model"]["init_args"]
+    assert (model.core.stoch, model.core.classes, model.core.deter) == (args["stoch"], args["classes"], args["deter"])
+    data_args = set(inspect.signature(ShardDataModule.__init__).parameters)
+    assert set(cfg["data"]["init_args"]) <= data_args
+    assert cfg["data"]["init_args"]["resolution"] == model.hparams.resolution
+    with pytest.raises(TypeError):
+        RSSMModule(**cfg["model"]["init_args"], no_such_key=1)
