@@ -34,3 +34,29 @@ def save_tiny_detector(path: Path) -> Path:
     torch.manual_seed(0)
     torch.jit.script(TinyDetector()).save(str(path))
     return path
+
+
+def sync_worker(rank: int, world: int, port: int, detector: str, out: str) -> None:
+    """One gloo rank: evaluate its half of the clips; rank 0 saves the synced metrics."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from pipeline.eval.features import build_extractors
+    from pipeline.eval.rollout import EvalClips, run_horizons
+    from pipeline.models.baselines import CopyLastFrame
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        video = moving_clips(n=6, frames=5)[rank::world]  # ranks hold different clips
+        ex = build_extractors(i3d_weights=detector, lpips=False)
+        result, _ = run_horizons(CopyLastFrame(context_frames=2, latent_pool=8), EvalClips(video, None), [1, 3], 2,
+                                 ex, batch_size=2)
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
