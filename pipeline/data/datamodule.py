@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.data.decode import ClipSpec
 from pipeline.data.stream import ClipStream, build_stream
+from pipeline.dist.env import dist_env
 
 
 class StreamLoader(DataLoader):
@@ -192,7 +193,24 @@ class ShardDataModule(pl.LightningDataModule):
         loader = self._train_loader
         state = loader.position(self._consumed())
         state.update(seed=self.seed, num_workers=max(1, self.num_workers), skips=dict(loader.skip_counts))
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            state["ranks"] = self._gather_positions(state["workers"])
         return state
+
+    def _gather_positions(self, workers: dict[int, dict[str, int]]) -> dict[int, dict[int, dict[str, int]]]:
+        """Every rank's per-worker position (the checkpoint is written by rank 0 alone).
+
+        Runs a collective: Lightning calls state_dict() on every rank when it saves a checkpoint.
+        """
+        strategy = self.trainer.strategy
+        rows = [[workers.get(w, {}).get("cursor", 0), workers.get(w, {}).get("batches", 0)]
+                for w in range(max(1, self.num_workers))]  # fmt: skip
+        gathered = strategy.all_gather(torch.tensor(rows, dtype=torch.long, device=strategy.root_device)).cpu()
+        return {
+            rank: {w: {"cursor": int(c), "batches": int(n)} for w, (c, n) in enumerate(per_rank) if n > 0}
+            for rank, per_rank in enumerate(gathered.tolist())
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume the stream where `state_dict()` left it (applied when the train loader is next built)."""
@@ -209,11 +227,21 @@ class ShardDataModule(pl.LightningDataModule):
             self._resume = None
 
     def _apply_resume(self, loader: StreamLoader, state: dict[str, Any]) -> None:
-        workers = {int(w): dict(v) for w, v in state["workers"].items()}
+        workers = state["workers"]
+        if "ranks" in state:
+            world, rank = dist_env().world_size, dist_env().rank
+            if len(state["ranks"]) != world:
+                raise ValueError(
+                    f"cannot resume the data stream exactly: it was saved at world size {len(state['ranks'])}, "
+                    f"this run has {world}; resume with the same number of processes"
+                )
+            workers = state["ranks"][rank]
+        workers = {int(w): dict(v) for w, v in workers.items()}
         loader.base = workers
         loader.stream.set_epoch(int(state["epoch"]))
         # The DataLoader starts with worker 0; rotate so the next batch comes from the worker
         # that would have produced it in the uninterrupted run.
-        loader.stream.set_resume({"rotation": int(state["batches"]) % max(1, self.num_workers), "workers": workers})
+        batches = sum(v["batches"] for v in workers.values())
+        loader.stream.set_resume({"rotation": batches % max(1, self.num_workers), "workers": workers})
         loader._finished = Counter(state.get("skips", {}))
         loader.skip_counts = loader._finished.copy()
