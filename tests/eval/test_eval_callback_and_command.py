@@ -85,3 +85,21 @@ def test_wm_eval_single_and_ensemble(sample_corpus: Path, offline_env: Path, cap
     assert copy["metrics"]["1"]["psnr"] != ens["metrics"]["1"]["psnr"]
     assert commands.main(["--ckpt", str(offline_env / "nope.ckpt"), *common, "--out", "x.json"]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_evaluate_rssm_checkpoint_with_actions(sample_corpus: Path, offline_env: Path) -> None:
+    """A real family through the contract: RSSM with discrete actions on the Atari shards."""
+    from pipeline.eval.rollout import evaluate
+    from pipeline.models.loading import load_world_model
+    from pipeline.models.rssm import RSSMModule
+
+    model = RSSMModule(action_dim=4, resolution=32, depth=4, deter=16, stoch=4, classes=4, hidden=16,
+                       head_layers=1, context_frames=2)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(offline_env / "rssm.ckpt")
+    record = evaluate(load_world_model(offline_env / "rssm.ckpt"), sample_corpus / "atari", horizons=[1, 2],
+                      samples=2, resolution=32, fvd=False, lpips=False, out=offline_env / "rssm" / "eval.json")
+    assert record["model"] == "pipeline.models.rssm.RSSMModule" and record["samples"] == 2
+    assert {"psnr", "ssim", "latent_l1", "latent_cos_err"} <= set(record["metrics"]["2"])
+    assert record["data_manifest_hash"] == manifest_hash(sample_corpus / "atari")
