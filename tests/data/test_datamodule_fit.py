@@ -144,3 +144,18 @@ def test_data_configs_parse_into_the_datamodule() -> None:
     with pytest.raises(SystemExit):
         LightningCLI(Recorder, ShardDataModule, subclass_mode_data=True, run=False,
                      args=["--config", str(ROOT / "configs/data/sample_atari.yaml"), "--data.init_args.framez=3"])
+
+
+def test_sample_corpus_streams_with_actions(sample_corpus: Path) -> None:
+    atari = ShardDataModule(train_shards=str(sample_corpus / "atari"), val_shards=str(sample_corpus / "atari"),
+                            frames=8, resolution=32, batch_size=3, steps_per_epoch=2, shuffle_buffer=4)  # fmt: skip
+    batches = list(atari.train_dataloader())
+    assert len(batches) == 2
+    batch = batches[0]
+    assert batch["video"].dtype == torch.uint8 and tuple(batch["video"].shape) == (3, 8, 3, 32, 32)
+    assert tuple(batch["actions"].shape) == (3, 8, 4) and torch.all(batch["actions"].sum(-1) == 1)
+    assert batch["rewards"].dtype == torch.float32 and tuple(batch["terminals"].shape) == (3, 8)
+    manifest = json.loads((sample_corpus / "videos" / "manifest.json").read_text())
+    videos = ShardDataModule(val_shards=str(sample_corpus / "videos"), frames=8, frame_stride=2, batch_size=4)
+    keys = [k for b in videos.val_dataloader() for k in b["key"]]
+    assert len(keys) == len(set(keys)) == manifest["num_samples"]  # every real clip decodes, each once
