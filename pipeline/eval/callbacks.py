@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 
 from pipeline.eval.features import Extractors, build_extractors
+from pipeline.eval.leaderboard import strip_frames, write_gif
 from pipeline.eval.rollout import DEFAULT_HORIZONS, EvalClips, build_record, collect_clips, run_horizons, write_eval
 
 
@@ -106,12 +105,17 @@ class PerHorizonEval(pl.Callback):
         self.last_record = record
         if trainer.is_global_zero:
             out_dir = Path(self.out_dir or Path(trainer.log_dir or trainer.default_root_dir) / "eval")
-            write_eval(record, strips, out_dir / f"eval-step{trainer.global_step:08d}.json")
+            name = f"eval-step{trainer.global_step:08d}"
+            write_eval(record, strips, out_dir / f"{name}.json")
             write_eval(record, strips, out_dir / "eval.json")
-            _log_wandb(trainer, record, strips)
+            gif = None
+            if strips:  # context | truth | prediction, also what wandb shows
+                gif = out_dir / f"{name}.gif"
+                write_gif(strip_frames(strips), gif)
+            _log_wandb(trainer, record, gif)
 
 
-def _log_wandb(trainer: pl.Trainer, record: dict[str, Any], strips: dict[str, np.ndarray]) -> None:
+def _log_wandb(trainer: pl.Trainer, record: dict[str, Any], gif: Path | None) -> None:
     """The same table and sample strip in wandb, when a WandbLogger is attached."""
     from lightning.pytorch.loggers import WandbLogger
 
@@ -119,10 +123,9 @@ def _log_wandb(trainer: pl.Trainer, record: dict[str, Any], strips: dict[str, np
         if isinstance(logger, WandbLogger):
             import wandb
 
-            from pipeline.eval.leaderboard import strip_frames
-
-            rows = [[int(h), json.dumps(values)] for h, values in record["metrics"].items()]
-            payload: dict[str, Any] = {"eval/table": wandb.Table(columns=["horizon", "metrics"], data=rows)}
-            if strips:
-                payload["eval/samples"] = wandb.Video(strip_frames(strips), fps=4, format="gif")
+            names = sorted({m for values in record["metrics"].values() for m in values})
+            rows = [[int(h), *[values.get(m) for m in names]] for h, values in record["metrics"].items()]
+            payload: dict[str, Any] = {"eval/table": wandb.Table(columns=["horizon", *names], data=rows)}
+            if gif is not None:  # a file path: wandb needs no video encoder for it
+                payload["eval/samples"] = wandb.Video(str(gif), format="gif")
             logger.experiment.log(payload, step=trainer.global_step)

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import pytest
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_helpers import save_tiny_detector  # noqa: E402
@@ -54,6 +55,8 @@ def test_callback_in_fit_writes_eval_json_every_n_val_epochs(sample_corpus: Path
     assert float(logged["eval/psnr@1"]) == pytest.approx(m["1"]["psnr"], rel=1e-5)
     with np.load(offline_env / "ev" / "eval.samples.npz", allow_pickle=False) as strips:
         assert strips["prediction"].shape == (3, 4, 3, 32, 32)
+    gifs = list((offline_env / "ev").glob("eval-step*.gif"))
+    assert len(gifs) == 1 and Image.open(gifs[0]).n_frames == 2 + 4
 
 
 def test_callback_rejects_short_clips_before_training(sample_corpus: Path) -> None:
@@ -103,3 +106,29 @@ def test_evaluate_rssm_checkpoint_with_actions(sample_corpus: Path, offline_env:
     assert record["model"] == "pipeline.models.rssm.RSSMModule" and record["samples"] == 2
     assert {"psnr", "ssim", "latent_l1", "latent_cos_err"} <= set(record["metrics"]["2"])
     assert record["data_manifest_hash"] == manifest_hash(sample_corpus / "atari")
+
+
+@pytest.mark.slow
+def test_wandb_gets_the_table_and_the_sample_strip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    from pipeline.eval.callbacks import _log_wandb
+    from pipeline.eval.leaderboard import strip_frames, write_gif
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rng = np.random.default_rng(0)
+    strips = {"context": rng.integers(0, 255, (2, 2, 3, 16, 16), dtype=np.uint8),
+              "truth": rng.integers(0, 255, (2, 3, 3, 16, 16), dtype=np.uint8),
+              "prediction": rng.integers(0, 255, (2, 3, 3, 16, 16), dtype=np.uint8)}
+    write_gif(strip_frames(strips), tmp_path / "strip.gif")
+    record = {"metrics": {"1": {"count": 2.0, "psnr": 20.0}, "3": {"count": 2.0, "psnr": 15.0}}}
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path / "wb"), project="wm-test")
+    trainer = pl.Trainer(logger=logger, enable_progress_bar=False, enable_checkpointing=False)
+    _log_wandb(trainer, record, tmp_path / "strip.gif")
+    logger.experiment.finish()
+    media = tmp_path / "wb" / "wandb"
+    tables = list(media.rglob("*.table.json"))
+    assert len(tables) == 1 and len(list(media.rglob("media/videos/**/*.gif"))) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["horizon", "count", "psnr"] and table["data"] == [[1, 2.0, 20.0], [3, 2.0, 15.0]]
