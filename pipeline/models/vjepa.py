@@ -196,7 +196,18 @@ class VJEPAModule(ScheduledModule):
     def batch_masks(self, batch: dict[str, Any], salt: int) -> tuple[list[Tensor], list[Tensor]]:
         """The batch's masks, or masks drawn on the device, seeded by (mask_seed, rank, salt)."""
         if "masks_ctx" in batch and "masks_tgt" in batch:
-            return list(batch["masks_ctx"]), list(batch["masks_tgt"])
+            ctx, tgt = list(batch["masks_ctx"]), list(batch["masks_tgt"])
+            if len(ctx) != self.masker.num_generators or len(tgt) != len(ctx):
+                raise ValueError(
+                    f"the batch has {len(ctx)} context / {len(tgt)} target masks, the model has "
+                    f"{self.masker.num_generators} mask generators: align the MaskCollator with the model's masks"
+                )
+            if salt in (0, -1):  # once per fit / validation: a collator with another patch size gives bad indices
+                t, _, h, w = batch["video"].shape[1:]
+                n = (t // self.hparams.tubelet_size) * (h // self.hparams.patch_size) * (w // self.hparams.patch_size)
+                if max(int(m.max()) for m in ctx + tgt) >= n:
+                    raise ValueError(f"mask indices exceed the {n} tokens of the clip: check the collator's patch size")
+            return ctx, tgt
         gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.hparams.mask_seed, self.global_rank, salt))
         return self.masker.masks(tuple(batch["video"].shape), gen)
 

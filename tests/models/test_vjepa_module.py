@@ -116,3 +116,13 @@ def test_checkpoint_save_load_and_continue(tmp_path: Path) -> None:
     t2.fit(resumed, data(), ckpt_path=ckpt, weights_only=True)
     assert t2.global_step == 5
     assert not torch.equal(resumed.target_encoder.norm.weight, loaded.target_encoder.norm.weight)
+
+
+def test_batch_masks_of_another_grid_or_generator_count_fail_clearly() -> None:
+    m = tiny()
+    video = torch.randint(0, 256, (2, 8, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="exceed the 64 tokens"):
+        m.jepa_loss(MaskCollator(tubelet_size=2, patch_size=4)({"video": video}), 0)
+    future = MaskCollator(tubelet_size=2, patch_size=8, mode="future", context_frames=4)({"video": video})
+    with pytest.raises(ValueError, match="1 context / 1 target masks, the model has 2 mask generators"):
+        m.jepa_loss(future, 5)
