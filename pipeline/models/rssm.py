@@ -224,6 +224,8 @@ class RSSMModule(WorldModelModule):
         of `future` (observed after the context with the true actions) when it is given.
         """
         B, Tc = context.shape[:2]
+        context = context.to(self.device)
+        future = future.to(self.device) if future is not None else None
         acts = self._actions(actions, B, Tc + horizon, context.float())
         post, _ = self.observe(context, acts[:, :Tc], sample=False)
         imag = self.imagine(last_state(post), horizon, actions=acts[:, Tc - 1: Tc - 1 + horizon], sample=False)
@@ -238,6 +240,7 @@ class RSSMModule(WorldModelModule):
     def embed(self, video: Tensor) -> Tensor:
         """video uint8 [B, T, C, H, W] -> posterior features [B, T, D + S*K] observed with no-op (zero) actions."""
         B, T = video.shape[:2]
+        video = video.to(self.device)
         zeros = None if not self.action_dim else torch.zeros(B, T, self.action_dim, device=video.device)
         post, _ = self.observe(video, zeros, sample=False)
         return post.features()
