@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 from lightning.pytorch.cli import LightningCLI
+
+CLI_ARGS: dict[str, Any] = dict(
+    model_class=None,
+    datamodule_class=None,
+    subclass_mode_model=True,
+    subclass_mode_data=True,
+    save_config_kwargs={"overwrite": True},
+    seed_everything_default=0,
+)
 
 
 def run_lightning(argv: list[str]) -> int:
-    LightningCLI(
-        model_class=None,
-        datamodule_class=None,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        args=argv,
-    )
+    """`wm fit|validate|test ARGS`: parse, instantiate and run the subcommand."""
+    LightningCLI(args=argv, **CLI_ARGS)
     return 0
+
+
+def build_cli(args: list[str]) -> LightningCLI:
+    """Parse and instantiate model, data and trainer from config arguments without running anything."""
+    argv, sys.argv = sys.argv, sys.argv[:1]  # `args` alone defines the run, not the caller's command line
+    try:
+        return LightningCLI(args=args, run=False, **CLI_ARGS)
+    finally:
+        sys.argv = argv
