@@ -152,7 +152,8 @@ class I3DFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, video: Tensor) -> Tensor:
-        x = preprocess(video).to(next(iter(self.net.parameters()), torch.empty(0)).device)
+        device = next(iter(self.net.parameters()), torch.empty(0)).device
+        x = preprocess(video.to(device))  # resize on the extractor's device, not on the host
         if self.torchscript:
             # StyleGAN-V detector: input already resized and in [-1, 1]; returns the 400 pre-softmax logits
             out = self.net(x, rescale=False, resize=False, return_features=True)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.eval.features import Extractors, build_extractors
+from pipeline.eval.i3d import MIN_FRAMES
 from pipeline.eval.metrics import FVD_PAD_RULE, HorizonMetrics
 from pipeline.models.protocol import to_unit
 
@@ -135,6 +136,7 @@ def build_record(result: dict[str, Any], *, model: nn.Module, checkpoint: Any, d
         "seed": seed,
         "clip_rule": clip_rule(context, horizons, spec),
         "fvd_clip_rule": FVD_PAD_RULE,
+        "fvd_input_frames": {str(h): max(MIN_FRAMES, context + h) for h in horizons},
         "features": ex.info,
         "metrics": result["metrics"],
         "absent": result["absent"],

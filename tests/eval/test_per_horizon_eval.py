@@ -36,6 +36,7 @@ def test_evaluate_in_memory_writes_complete_eval_json(no_lpips_weights: Path) ->
                       seed=3, batch_size=3, i3d_weights=detector, out=tmp / "run" / "eval.json")
     on_disk = json.loads((tmp / "run" / "eval.json").read_text())
     assert REQUIRED <= set(on_disk) and on_disk["samples"] == 5 and on_disk["horizons"] == [1, 2, 4]
+    assert on_disk["fvd_input_frames"] == {"1": 9, "2": 9, "4": 9}  # 2 + h < 9: padded
     assert on_disk["features"]["i3d"] == {"file": str(detector), "sha256": sha256_of(detector)}
     # LPIPS backbone absent: recorded with the path, never a number
     assert "alexnet-owt-7be5be79.pth" in on_disk["absent"]["lpips"]
