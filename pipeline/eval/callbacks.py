@@ -71,6 +71,8 @@ class PerHorizonEval(pl.Callback):
         if frames is not None and frames < need:
             raise ValueError(f"PerHorizonEval needs clips of context + max horizon = {need} frames, the data "
                              f"module gives {frames}: raise data.frames or lower the horizons")
+        if self._ex is None:  # a missing weights file named explicitly fails now, not after an epoch
+            self._ex = build_extractors(device=pl_module.device, **self.extractor_args)
 
     def _val_batches(self, trainer: pl.Trainer) -> Any:
         loaders = trainer.val_dataloaders

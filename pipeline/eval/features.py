@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ def _i3d(explicit: str | Path | None, random_weights: bool, device: torch.device
 def _lpips(net: str, random_weights: bool, device: torch.device, ex: Extractors) -> None:
     try:
         ex.lpips = LPIPSMetric(net).to(device)
-        ex.info["lpips"] = {"net": net, **W.describe(ex.lpips.weights_file)}
+        ex.info["lpips"] = {"net": net, **W.describe(ex.lpips.weights_file), "lpips": version("lpips")}
     except FileNotFoundError as err:
         if not random_weights:
             ex.info["lpips"] = {"net": net, **W.describe(None, str(err).split(". ")[0])}

@@ -66,6 +66,16 @@ def test_callback_rejects_short_clips_before_training(sample_corpus: Path) -> No
         trainer.fit(CopyLastFrame(context_frames=2), datamodule=_data(sample_corpus, frames=6))
 
 
+def test_callback_fails_before_training_on_a_missing_weights_file(sample_corpus: Path, offline_env: Path) -> None:
+    callback = PerHorizonEval(horizons=[1, 2], i3d_weights=str(offline_env / "missing_i3d.pt"), lpips=False)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         callbacks=[callback])
+    model = CopyLastFrame(context_frames=2)
+    with pytest.raises(FileNotFoundError, match="missing_i3d.pt does not exist"):
+        trainer.fit(model, datamodule=_data(sample_corpus, frames=6))
+    assert trainer.global_step == 0
+
+
 def test_wm_eval_single_and_ensemble(sample_corpus: Path, offline_env: Path, capsys: pytest.CaptureFixture) -> None:
     ckpts = []
     for cls in (CopyLastFrame, LinearExtrapolation):
