@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,28 @@ def test_download_checks_sha256(tmp_path: Path) -> None:
         W.download("i3d_torchscript", tmp_path / "cache", url=source.as_uri(), sha256="0" * 64)
     assert not (tmp_path / "cache" / "i3d_torchscript.pt").exists()
     assert not list((tmp_path / "cache").glob("*.part"))
+
+
+@pytest.mark.parametrize("size,kernel,stride", [(9, 7, 2), (224, 7, 2), (112, 3, 2), (5, 3, 1), (3, 2, 2), (56, 1, 1)])
+def test_same_padding_matches_the_tensorflow_rule(size: int, kernel: int, stride: int) -> None:
+    pad = same_padding((size,), (kernel,), (stride,))
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)  # TF 'SAME'
+    assert pad == [total // 2, total - total // 2]
+    assert (size + total - kernel) // stride + 1 == math.ceil(size / stride)  # output size ceil(s / stride)
+
+
+@pytest.mark.gpu
+def test_i3d_and_frechet_on_cuda_match_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.eval.fvd import FrechetDistance
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare fp32 with fp32
+
+    torch.save(random_piergiaj_state(), tmp_path / "i3d.pt")
+    video = torch.randint(0, 256, (2, 10, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    cpu = load_i3d(tmp_path / "i3d.pt")(video)
+    gpu = load_i3d(tmp_path / "i3d.pt", device="cuda")(video.cuda())
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+    metric = FrechetDistance(dim=400).cuda()
+    metric.update(torch.cat([cpu, cpu + 1]).cuda(), real=True)
+    metric.update(torch.cat([cpu, cpu - 1]).cuda(), real=False)
+    assert metric.real_outer.dtype == torch.float64 and float(metric.compute()) > 0
