@@ -228,13 +228,17 @@ class ShardDataModule(pl.LightningDataModule):
 
     def _apply_resume(self, loader: StreamLoader, state: dict[str, Any]) -> None:
         workers = state["workers"]
-        if "ranks" in state:
-            world, rank = dist_env().world_size, dist_env().rank
-            if len(state["ranks"]) != world:
-                raise ValueError(
-                    f"cannot resume the data stream exactly: it was saved at world size {len(state['ranks'])}, "
-                    f"this run has {world}; resume with the same number of processes"
-                )
+        world, rank = dist_env().world_size, dist_env().rank
+        saved_world = len(state["ranks"]) if "ranks" in state else 1
+        if saved_world != world:  # another split of the shards: positions do not carry over
+            warnings.warn(
+                f"the data stream was saved at world size {saved_world} and resumes at {world}: "
+                "it restarts the current epoch, so samples may repeat",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            workers = {}
+        elif "ranks" in state:
             workers = state["ranks"][rank]
         workers = {int(w): dict(v) for w, v in workers.items()}
         loader.base = workers

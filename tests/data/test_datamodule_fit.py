@@ -159,3 +159,16 @@ def test_sample_corpus_streams_with_actions(sample_corpus: Path) -> None:
     videos = ShardDataModule(val_shards=str(sample_corpus / "videos"), frames=8, frame_stride=2, batch_size=4)
     keys = [k for b in videos.val_dataloader() for k in b["key"]]
     assert len(keys) == len(set(keys)) == manifest["num_samples"]  # every real clip decodes, each once
+
+
+def test_resume_at_another_world_size_warns_and_restarts_the_epoch(tmp_path: Path) -> None:
+    write_dataset(tmp_path, bad=False)
+    full = [b["key"] for b in make_dm(tmp_path, steps_per_epoch=4).train_dataloader()]
+    saved = {"epoch": 0, "batches": 2, "seed": 3, "num_workers": 2, "skips": {},
+             "workers": {0: {"cursor": 2, "batches": 1}, 1: {"cursor": 2, "batches": 1}},
+             "ranks": {0: {0: {"cursor": 2, "batches": 1}}, 1: {0: {"cursor": 4, "batches": 1}}}}  # fmt: skip
+    dm = make_dm(tmp_path, steps_per_epoch=4)
+    dm.load_state_dict(saved)
+    with pytest.warns(RuntimeWarning, match="world size 2 and resumes at 1"):
+        loader = dm.train_dataloader()
+    assert [b["key"] for b in loader] == full  # the whole epoch again, in the same order
