@@ -43,10 +43,12 @@ def _markdown(names: list[str], records: list[dict[str, Any]], cols: list[str], 
     lines += [f"- {k}: {v}" for k, v in shared.items()]
     lines += ["", "| rank | run | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for pos, i in enumerate(order, 1):
-        lines.append(f"| {pos} | {names[i]} | " + " | ".join(_fmt(cell(records[i], c)) for c in cols) + " |")
-    notes = sorted({(m, reason) for r in records for m, reason in r.get("absent", {}).items()})
+        shown = pos if isinstance(cell(records[i], rank_by), float) else "-"  # no number: not ranked
+        lines.append(f"| {shown} | {names[i]} | " + " | ".join(_fmt(cell(records[i], c)) for c in cols) + " |")
+    notes = [f"- {n}: {m}: {reason}" for n, r in zip(names, records, strict=True)
+             for m, reason in sorted(r.get("absent", {}).items())]
     if notes:
-        lines += ["", "absent metrics:"] + [f"- {m}: {reason}" for m, reason in notes]
+        lines += ["", "absent metrics (no number is shown for these, by design):", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -58,6 +60,8 @@ def _plots(names: list[str], records: list[dict[str, Any]], cols: list[str], out
 
     written = []
     for metric in dict.fromkeys(c.split("@")[0] for c in cols):
+        if not any(isinstance(cell(r, c), float) for r in records for c in cols if c.split("@")[0] == metric):
+            continue  # absent for every run: the table says why
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for name, record in zip(names, records, strict=True):
             points = [(int(c.split("@")[1]), cell(record, c)) for c in cols if c.split("@")[0] == metric]
@@ -94,7 +98,8 @@ def write_leaderboard(paths: list[str | Path], out: str | Path, rank_by: str | N
     (out / "leaderboard.md").write_text(_markdown(names, records, cols, order, rank_by, shared))
     board = {
         "rank_by": rank_by, "columns": cols, "comparable_on": shared,
-        "runs": [{"rank": pos, "run": names[i], "eval": str(paths[i]),
+        "runs": [{"rank": pos if isinstance(cell(records[i], rank_by), float) else None, "run": names[i],
+                  "eval": str(paths[i]),
                   "metrics": {c: cell(records[i], c) for c in cols}} for pos, i in enumerate(order, 1)],
         "plots": _plots(names, records, cols, out),
         "samples": {},

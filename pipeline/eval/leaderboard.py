@@ -32,6 +32,7 @@ def comparability(record: dict[str, Any]) -> dict[str, str]:
     """The fields that must be equal across runs on one leaderboard."""
     feats = record.get("features", {})
     return {
+        "data manifest": str(record.get("data_manifest_hash")),
         "samples": str(record.get("samples")),
         "clip_rule": str(record.get("clip_rule")),
         "fvd_clip_rule": str(record.get("fvd_clip_rule")),

@@ -41,7 +41,8 @@ def test_leaderboard_ranks_and_writes_everything(evals: dict[str, Path], tmp_pat
     assert linear["psnr@1"] > board["runs"][1]["metrics"]["psnr@1"] and linear["fvd@4"] == "absent"
     assert {"psnr@1", "psnr@2", "psnr@4", "ssim@4", "lpips@1", "fvd@2"} <= set(board["columns"])
     md = (tmp_path / "lb" / "leaderboard.md").read_text()
-    assert "| 1 | linear |" in md and "| 2 | copy |" in md and "fvd: disabled" in md
+    assert "| 1 | linear |" in md and "| 2 | copy |" in md and "- copy: fvd: disabled" in md
+    assert board["plots"] == ["psnr.png", "ssim.png"]  # fvd and lpips have no numbers: no empty plots
     assert json.loads((tmp_path / "lb" / "leaderboard.json").read_text())["runs"][0]["run"] == "linear"
     for metric in ("psnr", "ssim"):
         with Image.open(tmp_path / "lb" / f"{metric}.png") as png:
@@ -64,3 +65,9 @@ def test_leaderboard_refuses_incomparable_runs(evals: dict[str, Path], tmp_path:
     assert "i3d weights differs" in err and "refusing to rank" in err
     assert not (tmp_path / "b" / "leaderboard.md").exists()
     assert board_command.main([str(evals["copy"]), "--out", str(tmp_path / "c"), "--rank-by", "nope@1"]) == 1
+    record = json.loads(evals["linear"].read_text())
+    record["data_manifest_hash"] = "f" * 64
+    (tmp_path / "data2").mkdir()
+    (tmp_path / "data2" / "eval.json").write_text(json.dumps(record))
+    with pytest.raises(IncomparableRuns, match="data manifest differs"):
+        write_leaderboard([evals["copy"], tmp_path / "data2" / "eval.json"], tmp_path / "d")
