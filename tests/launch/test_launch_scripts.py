@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch"
-SCRIPTS = ["local.sh", "torchrun.sh", "deepspeed.sh", "slurm.sbatch"]
+SCRIPTS = ["local.sh", "torchrun.sh", "deepspeed.sh", "slurm.sbatch", "gpu_check.sh"]
 
 
 def _dry_run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -83,3 +83,12 @@ def test_deepspeed_refuses_a_missing_or_uneven_hostfile(tmp_path: Path) -> None:
     uneven.write_text("node0 slots=8\nnode1 slots=4\n")
     proc = _dry_run("deepspeed.sh", HOSTFILE=str(uneven))
     assert proc.returncode == 2 and "same N on every line" in proc.stderr
+
+
+def test_gpu_check_dry_run() -> None:
+    proc = _dry_run("gpu_check.sh", "--config", "big.yaml", STEPS="30")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        ".venv/bin/python -m pipeline.cli shards sample --out data/sample",
+        ".venv/bin/python -m pipeline.dist.gpu_check --steps 30 --out launch/gpu_check.json -- --config big.yaml",
+    ]

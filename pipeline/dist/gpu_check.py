@@ -1,0 +1,186 @@
+"""GPU check of the distributed stack (run by launch/gpu_check.sh on a CUDA machine).
+
+For ZeRO stage 2 and 3: a real `wm fit` of V-JEPA for a few dozen steps in bf16, with `StepStats` recording
+throughput, MFU (counted FLOPs / step time / peak FLOPs) and peak memory, and `EmaReference` comparing the
+target encoder with a reference EMA of the gathered online weights (the ZeRO-3 EMA check). Then each
+checkpoint is exported with `wm export`, reloaded, and its embeddings compared with the trained module's.
+Everything lands in one JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense, per GPU
+
+
+def _gathered(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):
+        return [p.detach().float().clone() for p in params]
+
+
+class StepStats(pl.Callback):
+    """Seconds per step after `warmup` steps, samples/s, forward FLOPs x 3 per step, MFU and peak memory."""
+
+    def __init__(self, out: str, warmup: int = 5) -> None:
+        """
+        Args:
+            out: JSON file for the numbers.
+            warmup: steps excluded from the timing (compilation, allocator warm-up).
+        """
+        self.out, self.warmup = Path(out), warmup
+        self.times: list[float] = []
+        self.flops: float | None = None
+        self.batch = 0
+        self._t = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        torch.cuda.synchronize()
+        self._t = time.perf_counter()
+        self.batch = int(batch["video"].shape[0])
+        if self.flops is None:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                pl_module.jepa_loss(batch, salt=0)
+            self.flops = 3.0 * counter.get_total_flops()  # forward + backward (about twice the forward)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._t)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        timed = self.times[self.warmup :] or self.times
+        step = sum(timed) / len(timed)
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        stats = {
+            "device": name, "world_size": trainer.world_size, "steps_timed": len(timed), "step_seconds": step,
+            "samples_per_second": self.batch * trainer.world_size / step, "flops_per_step": self.flops,
+            "mfu": (self.flops / step / peak) if (peak and self.flops) else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        }  # fmt: skip
+        if trainer.is_global_zero:
+            _merge(self.out, stats)
+
+
+class EmaReference(pl.Callback):
+    """Reference EMA of the gathered online encoder, compared with the (possibly ZeRO-3 partitioned) target."""
+
+    def __init__(self, out: str) -> None:
+        """
+        Args:
+            out: JSON file for the result.
+        """
+        self.out = Path(out)
+        self.reference: list[torch.Tensor] | None = None
+
+    def _advance(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the module logged the momentum it used for the EMA update that just happened
+        m = float(trainer.callback_metrics["train/ema_momentum"])
+        online = _gathered(list(pl_module.encoder.parameters()))
+        self.reference = [m * r + (1 - m) * o for r, o in zip(self.reference, online, strict=True)]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.reference = _gathered(list(pl_module.target_encoder.parameters()))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if trainer.global_step > 0:
+            self._advance(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._advance(trainer, pl_module)
+        target = _gathered(list(pl_module.target_encoder.parameters()))
+        error = max(float((a - b).abs().max()) for a, b in zip(target, self.reference, strict=True))
+        scale = max(float(r.abs().max()) for r in self.reference)
+        side = int(trainer.datamodule.hparams.resolution)
+        with torch.no_grad():
+            embed = pl_module.embed(probe_clip(pl_module.hparams.frames, side).to(pl_module.device)).float().cpu()
+        if trainer.is_global_zero:
+            torch.save(embed, self.out.with_suffix(".embed.pt"))
+            _merge(self.out, {"ema_max_abs_error": error, "ema_reference_max_abs": scale, "probe_side": side})
+
+
+def probe_clip(frames: int, side: int) -> torch.Tensor:
+    """Fixed uint8 [2, frames, 3, side, side] clip for comparing embeddings before and after export."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (2, frames, 3, side, side), generator=gen, dtype=torch.uint8)
+
+
+def _merge(path: Path, values: dict[str, Any]) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(values)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def run_stage(stage: int, work: Path, steps: int, extra: list[str]) -> dict[str, Any]:
+    """Fit V-JEPA under ZeRO `stage`, export the last checkpoint, reload it; returns the stage's numbers."""
+    from pipeline.dist.export import load_exported
+
+    stats = work / f"zero{stage}.json"
+    stats.unlink(missing_ok=True)
+    ckpt_dir = work / f"zero{stage}_ckpt"
+    callbacks = [
+        {"class_path": "pipeline.dist.gpu_check.StepStats", "init_args": {"out": str(stats)}},
+        {"class_path": "pipeline.dist.gpu_check.EmaReference", "init_args": {"out": str(stats)}},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(ckpt_dir), "save_last": True, "every_n_train_steps": steps, "save_top_k": 0}},
+    ]  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "pipeline.cli", "fit", "--config", f"configs/trainer/deepspeed_stage_{stage}.yaml",
+        "--config", "configs/vjepa/tiny.yaml", "--trainer.devices", "1", "--trainer.max_steps", str(steps),
+        "--trainer.logger", "false", "--trainer.callbacks", json.dumps(callbacks),
+        "--trainer.default_root_dir", str(work / f"zero{stage}"), "--trainer.limit_val_batches", "0", *extra,
+    ]  # fmt: skip
+    started = time.time()
+    subprocess.run(cmd, check=True)
+    result = json.loads(stats.read_text())
+    result["fit_wall_seconds"] = time.time() - started
+    out = work / f"zero{stage}.safetensors"
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "export", "--ckpt", str(ckpt_dir / "last.ckpt"),
+                    "--out", str(out), "--weights", "both"], check=True)  # fmt: skip
+    model = load_exported(out).cuda()
+    with torch.no_grad():
+        embed = model.embed(probe_clip(model.hparams.frames, result["probe_side"]).cuda()).float().cpu()
+    trained = torch.load(stats.with_suffix(".embed.pt"), weights_only=True)
+    result["export_embed_max_abs_diff"] = float((embed - trained).abs().max())
+    result["export_embed_max_abs"] = float(trained.abs().max())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="launch/gpu_check.json", help="results JSON (committed with the repo)")
+    parser.add_argument("--work", default="runs/gpu_check", help="scratch directory for runs and checkpoints")
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per stage")
+    parser.add_argument("extra", nargs="*", help="more `wm fit` arguments (e.g. a bigger model config)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.exit(2, "gpu_check: needs a CUDA device\n")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"torch": torch.__version__, "steps": args.steps, "stages": {}}
+    for stage in (2, 3):
+        results["stages"][f"zero{stage}"] = run_stage(stage, work, args.steps, args.extra)
+    z3 = results["stages"]["zero3"]
+    results["ema_zero3_ok"] = z3["ema_max_abs_error"] <= 1e-2 * max(1.0, z3["ema_reference_max_abs"])
+    results["export_ok"] = all(
+        s["export_embed_max_abs_diff"] <= 5e-2 * max(1.0, s["export_embed_max_abs"]) for s in results["stages"].values()
+    )
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0 if results["ema_zero3_ok"] and results["export_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 on the CPU (gloo), started by `deepspeed --num_gpus 2` from the tests.
+
+For each stage: train a model laid out like V-JEPA (online encoder, EMA target encoder, head) for a few steps,
+update the EMA with pipeline.nn.ema on the rank-local shards, compare it with a reference EMA computed from the
+gathered full weights, save a DeepSpeed checkpoint, and write the gathered full state dict for the export test.
+Rank 0 writes OUT/zero{stage}.json. Not a test module itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.runtime.zero import GatheredParameters
+from torch import nn
+
+from pipeline.nn.ema import ema_update_module_
+
+MOMENTUM = 0.8
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(16, 48), nn.GELU(), nn.Linear(48, 16))
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x)) + 0.1 * self.target_encoder(x).mean()
+
+
+def gathered(params: list[nn.Parameter]) -> list[torch.Tensor]:
+    """Full copies of (possibly partitioned) parameters, on every rank."""
+    with GatheredParameters(params):
+        return [p.detach().clone() for p in params]
+
+
+@torch.no_grad()
+def ema_with_full_copies(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """Shard EMA plus the full copies ZeRO-3 keeps of persistent (small) parameters; see the tests' report."""
+    ema_update_module_(target, online, momentum)
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        if hasattr(t, "ds_tensor") and t.data.numel() == t.ds_numel:
+            t.data.lerp_(o.data, 1.0 - momentum)
+
+
+def run(stage: int, out: Path, steps: int, method: str) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    config = {
+        "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
+    }  # fmt: skip
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    net = engine.module
+    target_params = list(net.target_encoder.parameters())
+    partitioned = all(hasattr(p, "ds_tensor") and p.ds_tensor.numel() < p.ds_numel for p in target_params)
+    reference = gathered(target_params)
+    rank = dist.get_rank()
+    for step in range(steps):
+        x = torch.randn(4, 16, generator=torch.Generator().manual_seed(100 * step + rank))
+        loss = engine(x).pow(2).mean()
+        engine.backward(loss)
+        engine.step()
+        update = ema_update_module_ if method == "shards" else ema_with_full_copies
+        update(net.target_encoder, net.encoder, MOMENTUM)  # rank-local shards under ZeRO-3
+        online = gathered(list(net.encoder.parameters()))
+        reference = [MOMENTUM * r + (1 - MOMENTUM) * o for r, o in zip(reference, online, strict=True)]
+    sharded = gathered(target_params)
+    ema_error = max(float((a - b).abs().max()) for a, b in zip(sharded, reference, strict=True))
+    moved = max(
+        float((a - b).abs().max()) for a, b in zip(sharded, gathered(list(net.encoder.parameters())), strict=True)
+    )
+    names = [n for n, _ in net.named_parameters()]
+    full = dict(zip(names, gathered(list(net.parameters())), strict=True))
+    client = {"wm_class_path": "zero_cpu_worker.Net", "hyper_parameters": {}, "global_step": steps}
+    name = f"zero{stage}" if method == "shards" else f"zero{stage}_{method}"
+    engine.save_checkpoint(str(out / name), tag="checkpoint", client_state=client)
+    dist.barrier()
+    if rank == 0:
+        torch.save(full, out / f"{name}_full.pt")
+        result = {
+            "stage": stage, "method": method, "world_size": dist.get_world_size(), "partitioned": partitioned,
+            "ema_max_abs_error": ema_error, "target_minus_online_max": moved, "loss": float(loss),
+        }  # fmt: skip
+        (out / f"{name}.json").write_text(json.dumps(result))
+    dist.barrier()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--local_rank", type=int, default=0)  # passed by the deepspeed launcher
+    args = parser.parse_args()
+    # the CPU accelerator would JIT-compile a shared-memory all-reduce (minutes of C++); gloo alone is enough here
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="gloo")
+    for stage, method in ((2, "shards"), (3, "shards"), (3, "full_copies")):
+        run(stage, Path(args.out), args.steps, method)
+
+
+if __name__ == "__main__":
+    main()
