@@ -134,6 +134,7 @@ class StepTimer(pl.Callback):
         self.start: float | None = None
         self.end: float | None = None
         self.losses: list[float] = []
+        self.batches = 0  # over the whole fit: batch_idx restarts with every epoch
 
     @staticmethod
     def _sync() -> None:
@@ -141,12 +142,12 @@ class StepTimer(pl.Callback):
             torch.cuda.synchronize()
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, idx: int) -> None:
-        if idx == self.warmup:
+        if self.batches == self.warmup:
             self._sync()
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             self.start = time.perf_counter()
-        if idx == self.flop_step:
+        if self.batches == self.flop_step:
             self.counter = flop_counter()
             self.counter.__enter__()
 
@@ -159,6 +160,7 @@ class StepTimer(pl.Callback):
         loss = out["loss"] if isinstance(out, dict) else out
         if loss is not None:
             self.losses.append(float(loss.detach()))
+        self.batches += 1
         self._sync()
         self.end = time.perf_counter()
 
@@ -251,12 +253,13 @@ def main(argv: list[str]) -> int:
     if timer.start is None or timer.end is None or trainer.global_step < args.warmup + args.steps:
         raise SystemExit(f"wm bench train: the fit stopped after {trainer.global_step} steps; nothing to time")
     elapsed = timer.end - timer.start
-    steps_per_s = args.steps / elapsed
+    timed = timer.batches - args.warmup  # batches, = optimizer steps unless gradients are accumulated
+    steps_per_s = timed / elapsed
     world = trainer.world_size
     result: dict[str, Any] = {
         "configs": args.config, "overrides": overrides, "synthetic": args.synthetic,
         "model": type(trainer.lightning_module).__name__, "precision": str(trainer.precision),
-        "devices": world, "batch_size_per_device": batch, "warmup_steps": args.warmup, "timed_steps": args.steps,
+        "devices": world, "batch_size_per_device": batch, "warmup_steps": args.warmup, "timed_steps": timed,
         "seconds": elapsed, "steps_per_s": steps_per_s, "clips_per_s": steps_per_s * batch * world,
         "flops_per_step_per_device": timer.flops, "flops_per_clip": timer.flops / batch,
         "flops_counted_by": "torch.utils.flop_counter.FlopCounterMode, one forward+backward training step",
