@@ -1,5 +1,5 @@
 """Exact resume of the data stream in a 2-process DDP fit (gloo on the CPU) with 2 DataLoader workers per rank:
-a run stopped mid-epoch and resumed from its checkpoint sees the same samples and losses on every rank."""
+a fit resumed from a mid-epoch checkpoint sees the same samples and losses on every rank as the run that saved it."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def fit(tag, ckpt_path=None, **kw):
     out = {{"keys": model.keys.get(0, []), "losses": model.losses, "weight": model.layer.weight.tolist()}}
     (root / f"{{tag}}-rank{{trainer.global_rank}}.json").write_text(json.dumps(out))
 
-fit("reference")
-fit("first", max_steps=3, enable_checkpointing=True,
+# the uninterrupted run saves a checkpoint after step 3 (its loaders have already prefetched beyond it)
+fit("reference", enable_checkpointing=True,
     callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=3, save_top_k=-1)])
 fit("resumed", ckpt_path=str(next((root / "ckpt").glob("*step=3*.ckpt"))))
 """
@@ -56,11 +56,10 @@ def test_ddp_resume_sees_the_same_samples_on_every_rank(tmp_path: Path) -> None:
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {tag: [json.loads((tmp_path / f"{tag}-rank{r}.json").read_text()) for r in range(2)]
-            for tag in ("reference", "first", "resumed")}  # fmt: skip
+            for tag in ("reference", "resumed")}  # fmt: skip
     for rank in range(2):
-        reference, first, resumed = (runs[tag][rank] for tag in ("reference", "first", "resumed"))
+        reference, resumed = runs["reference"][rank], runs["resumed"][rank]
         assert len(reference["keys"]) == 12  # 6 steps x batch 2 on each rank
-        assert first["keys"] == reference["keys"][:6]
         assert resumed["keys"] == reference["keys"][6:]
         assert resumed["losses"] == pytest.approx(reference["losses"][3:], rel=1e-6)
     assert set(runs["reference"][0]["keys"]) != set(runs["reference"][1]["keys"])  # ranks read different shards
