@@ -37,7 +37,9 @@ def load_world_model(ckpt_path: str | Path, map_location: str | torch.device = "
         raise ValueError(f"{path} has no 'wm_class_path': it was not written by a WorldModelModule "
                          "(pipeline.models.base); a DeepSpeed checkpoint directory needs `wm export` first")
     cls = _import_class(ckpt["wm_class_path"], allow_external)
-    model = cls(**dict(ckpt.get("hyper_parameters", {})))
+    # LightningCLI adds bookkeeping entries (_class_path, _instantiator) that are not constructor arguments
+    hparams = {k: v for k, v in dict(ckpt.get("hyper_parameters", {})).items() if not k.startswith("_")}
+    model = cls(**hparams)
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.to(map_location).eval()
 

@@ -68,3 +68,17 @@ def test_loading_refuses_foreign_or_unknown_checkpoints(tmp_path: Path) -> None:
     torch.save({"state_dict": {}, "wm_class_path": "pipeline.models.protocol.Rollout"}, tmp_path / "x.ckpt")
     with pytest.raises(ValueError, match="not a WorldModelModule"):
         load_world_model(tmp_path / "x.ckpt")
+
+
+def test_checkpoint_written_under_lightning_cli_loads(tmp_path: Path) -> None:
+    """LightningCLI stores _class_path/_instantiator in the hyperparameters; loading must not pass them on."""
+    from pipeline.train_cli import build_cli
+
+    cli = build_cli(["--model", "pipeline.models.baselines.LinearExtrapolation", "--model.init_args.context_frames", "3",
+                     "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
+    cli.trainer.strategy.connect(cli.model)
+    cli.trainer.save_checkpoint(tmp_path / "cli.ckpt")
+    saved = torch.load(tmp_path / "cli.ckpt", weights_only=True)["hyper_parameters"]
+    assert "_class_path" in saved
+    loaded = load_world_model(tmp_path / "cli.ckpt")
+    assert type(loaded) is LinearExtrapolation and loaded.context_frames == 3
