@@ -246,8 +246,9 @@ class VJEPAModule(ScheduledModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         # fixed masks per validation batch, so validation losses of different steps compare
         loss, _, h = self.jepa_loss(batch, salt=-1 - batch_idx)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log_dict({f"val/{k}": v for k, v in collapse_monitors(h).items()}, sync_dist=True)
+        b = batch["video"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=b)
+        self.log_dict({f"val/{k}": v for k, v in collapse_monitors(h).items()}, sync_dist=True, batch_size=b)
         return loss
 
     # ---- WorldModel / LatentWorldModel ----

@@ -184,7 +184,8 @@ class VJEPAACModule(ScheduledModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         tf, ar, _, _ = self.ac_loss(batch)
-        self.log_dict({"val/loss": tf + ar, "val/tf_loss": tf, "val/ar_loss": ar}, prog_bar=True, sync_dist=True)
+        metrics = {"val/loss": tf + ar, "val/tf_loss": tf, "val/ar_loss": ar}
+        self.log_dict(metrics, prog_bar=True, sync_dist=True, batch_size=batch["video"].shape[0])
         return tf + ar
 
     # ---- WorldModel / LatentWorldModel ----

@@ -49,7 +49,10 @@ def test_vjepa_tiny_fit_on_sample_videos_loss_falls(sample_corpus: Path, tmp_pat
     ckpt = next(tmp_path.rglob("last.ckpt"))
     model = VJEPAModule.load_from_checkpoint(ckpt, weights_only=True)
     clip = torch.randint(0, 256, (1, 8, 3, 64, 64), dtype=torch.uint8)
-    assert model.rollout(clip[:, :4], None, 4, future=clip[:, 4:]).target_latents.shape == (1, 4, 64, 32)
+    r = model.rollout(clip[:, :4], None, 4, future=clip[:, 4:])
+    assert r.target_latents.shape == (1, 4, 64, 32) and r.frames.shape == (1, 4, 3, 64, 64)  # the pixel decoder
+    dec = column(rows, "train/decoder_loss")
+    assert sum(dec[-4:]) / 4 < sum(dec[:4]) / 4, dec
 
 
 def test_vjepa_ac_tiny_fit_on_atari_actions_loss_falls(sample_corpus: Path, tmp_path: Path) -> None:
