@@ -1,10 +1,11 @@
-"""Exact resume: every rank's data-stream position and random-number state travel in the Lightning checkpoint.
+"""Exact resume: every rank's random-number state travels in the Lightning checkpoint.
 
-Lightning saves the checkpoint from rank 0 and would restore rank 0's datamodule state on every rank; but each
-rank reads its own shards, so its stream cursor (and what it skipped) is its own. `ResumeState` gathers the
-per-rank states into `checkpoint["wm_resume"]` on save and hands each rank its own entry on load; the random
-states (torch, CUDA, numpy, python) are restored just before the first resumed training batch, where the
-uninterrupted run would have had them.
+The data-stream position is the datamodule's own state (ShardDataModule.state_dict gathers every rank's
+per-worker cursor; Lightning saves and restores it). What else a resumed run needs to reproduce the
+uninterrupted one is the random state of each rank: Lightning saves none, and a model that draws noise or
+dropout from the global generators would diverge. `ResumeState` gathers the states (torch, CUDA, numpy,
+python) of all ranks into `checkpoint["wm_resume"]` and restores this rank's just before the first resumed
+training batch, where the uninterrupted run had them.
 """
 
 from __future__ import annotations
@@ -58,41 +59,33 @@ def gather(obj: Any) -> list[Any]:
 
 
 class ResumeState(pl.Callback):
-    """Saves every rank's stream position and random state in the checkpoint; restores this rank's on resume.
+    """Saves every rank's random state in the checkpoint and restores this rank's on resume.
 
-    The datamodule takes part when it has `state_dict()` / `load_state_dict()` (ShardDataModule does).
-    Resuming on a different world size cannot continue the stream exactly: the run warns and each rank
-    restarts the current epoch's stream, with the random states of rank 0.
+    Resuming on a different world size warns and gives every rank the random state of rank 0.
     """
 
     def __init__(self) -> None:
         self._pending_rng: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        datamodule = trainer.datamodule
-        stream = datamodule.state_dict() if datamodule is not None and hasattr(datamodule, "state_dict") else None
-        ranks = gather({"stream": stream, "rng": rng_state()})
-        checkpoint[KEY] = {"world_size": trainer.world_size, "ranks": ranks}
+        # a collective: Lightning calls this hook on every rank, and only rank 0 writes the file
+        checkpoint[KEY] = {"world_size": trainer.world_size, "rng": gather(rng_state())}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         saved = checkpoint.get(KEY)
         if saved is None:
             return
-        ranks = saved["ranks"]
-        if saved["world_size"] != trainer.world_size or len(ranks) != trainer.world_size:
+        states = saved["rng"]
+        if len(states) != trainer.world_size:
             warnings.warn(
-                f"checkpoint was saved by {saved['world_size']} ranks, resuming on {trainer.world_size}: "
-                "the data stream restarts the current epoch and samples may repeat",
+                f"checkpoint was saved by {len(states)} ranks, resuming on {trainer.world_size}: "
+                "every rank continues with rank 0's random state",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            self._pending_rng = ranks[0]["rng"]
+            self._pending_rng = states[0]
             return
-        mine = ranks[trainer.global_rank]
-        datamodule = trainer.datamodule
-        if mine["stream"] and datamodule is not None and hasattr(datamodule, "load_state_dict"):
-            datamodule.load_state_dict(mine["stream"])  # replaces rank 0's state that Lightning restored
-        self._pending_rng = mine["rng"]
+        self._pending_rng = states[trainer.global_rank]
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         if self._pending_rng is not None:

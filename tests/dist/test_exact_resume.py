@@ -22,6 +22,8 @@ import yaml
 
 from pipeline.data.shards import Sample, ShardWriter
 from pipeline.data.sources.encode import encode_frames
+from pipeline.dist.export import load_exported
+from pipeline.dist.export import main as export_main
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -162,3 +164,70 @@ def kill_and_resume(tmp: Path, trainer: list[str], shards: Path, steps: int, wor
 def test_kill_9_mid_epoch_then_resume_reproduces_the_run(tmp_path: Path, shards: tuple[Path, list[str]]) -> None:
     # 4 steps per epoch, 6 steps: killed inside epoch 0, resumed across the epoch boundary, 2 data workers
     kill_and_resume(tmp_path, ["--config", "configs/trainer/cpu.yaml"], shards[0], 6, 2, 1, 1)
+
+
+DDP_CPU = ["--config", "configs/trainer/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
+
+
+def check_replicas(probe: Path, keys: list[str], ranks: int) -> None:
+    """Every validation sample read exactly once across ranks; identical weights on every rank."""
+    seen = [k for rank in range(ranks) for rec in records(probe, rank, "val").values() for k in rec["keys"]]
+    assert sorted(seen) == sorted(keys), "an eval pass must read every sample exactly once across ranks"
+    train = [records(probe, rank) for rank in range(ranks)]
+    for step in train[0]:
+        assert len({tuple(t[step]["keys"]) for t in train}) == ranks, f"ranks trained on the same batch at {step}"
+    weights = [torch.load(probe / f"rank{r}.weights.pt", weights_only=True) for r in range(ranks)]
+    for rank in range(1, ranks):
+        assert torch.equal(weights[rank], weights[0]), f"rank {rank} weights differ from rank 0"
+    assert not torch.equal(weights[0], torch.zeros_like(weights[0]))
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_two_process_ddp_fit_resumes_exactly(tmp_path: Path, shards: tuple[Path, list[str]]) -> None:
+    root, keys = shards
+    trainer = [*DDP_CPU, "--trainer.devices", "2"]
+    straight = tmp_path / "straight"
+    config = run_config(straight, root, 6, 1, val=True)
+    finish(start(fit_cmd(trainer, config), tmp_path / "straight.log"), tmp_path / "straight.log")
+    check_replicas(straight / "probe", keys, 2)
+    broken = tmp_path / "broken"
+    config = run_config(broken, root, 6, 1, val=True)
+    held = kill_after(start(fit_cmd(trainer, config), tmp_path / "broken.log"), broken / "ckpt" / "last.ckpt", 1)
+    assert 1 <= held < 6
+    (broken / "probe").rename(broken / "probe_before_kill")
+    resumed = start(fit_cmd(trainer, config, "--ckpt_path", str(broken / "ckpt" / "last.ckpt")), tmp_path / "r.log")
+    finish(resumed, tmp_path / "r.log")
+    check_resume(straight, broken, held, 6, 2)
+    # the DDP checkpoint exports to one file that rebuilds the trained model
+    out = tmp_path / "ddp.safetensors"
+    assert export_main(["--ckpt", str(broken / "ckpt" / "last.ckpt"), "--out", str(out)]) == 0
+    flat = torch.cat([p.detach().double().flatten() for p in load_exported(out).parameters()])
+    assert torch.equal(flat, torch.load(broken / "probe" / "rank0.weights.pt", weights_only=True))
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_two_node_torchrun_fit(tmp_path: Path, shards: tuple[Path, list[str]]) -> None:
+    """Two torchrun agents on 127.0.0.1 (c10d rendezvous) started by launch/torchrun.sh, one process each."""
+    root, keys = shards
+    config = run_config(tmp_path, root, 3, 1, val=True)
+    with open(config) as f:
+        data = yaml.safe_load(f)
+    data["data"]["init_args"]["steps_per_epoch"] = 2
+    config.write_text(yaml.safe_dump(data))
+    port = 29000 + os.getpid() % 1000
+    launcher_env = {
+        **env(), "NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}",
+        "RDZV_ID": f"test{os.getpid()}", "TORCHRUN": str(Path(sys.executable).with_name("torchrun")),
+    }  # fmt: skip
+    cmd = ["bash", "launch/torchrun.sh", *DDP_CPU, *BASE, "--config", str(config)]
+    agents = []
+    for node in range(2):
+        log = open(tmp_path / f"node{node}.log", "w")
+        agents.append(subprocess.Popen(cmd, cwd=ROOT, env=launcher_env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True))  # fmt: skip
+    for node, agent in enumerate(agents):
+        finish(agent, tmp_path / f"node{node}.log")
+    assert sorted(records(tmp_path / "probe", 0)) == [0, 1, 2] == sorted(records(tmp_path / "probe", 1))
+    check_replicas(tmp_path / "probe", keys, 2)
