@@ -51,7 +51,8 @@ class StepStats(pl.Callback):
         self._t = time.perf_counter()
         self.batch = int(batch["video"].shape[0])
         if self.flops is None:
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            # the bf16 autocast of the training step is not active in callbacks (DeepSpeed keeps bf16 weights)
+            with torch.no_grad(), bf16(), FlopCounterMode(display=False) as counter:
                 pl_module.jepa_loss(batch, salt=0)
             self.flops = 3.0 * counter.get_total_flops()  # forward + backward (about twice the forward)
 
@@ -104,11 +105,16 @@ class EmaReference(pl.Callback):
         error = max(float((a - b).abs().max()) for a, b in zip(target, self.reference, strict=True))
         scale = max(float(r.abs().max()) for r in self.reference)
         side = int(trainer.datamodule.hparams.resolution)
-        with torch.no_grad():
+        with torch.no_grad(), bf16():
             embed = pl_module.embed(probe_clip(pl_module.hparams.frames, side).to(pl_module.device)).float().cpu()
         if trainer.is_global_zero:
             torch.save(embed, self.out.with_suffix(".embed.pt"))
             _merge(self.out, {"ema_max_abs_error": error, "ema_reference_max_abs": scale, "probe_side": side})
+
+
+def bf16() -> torch.autocast:
+    """The autocast the bf16-mixed trainer configs train under."""
+    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def probe_clip(frames: int, side: int) -> torch.Tensor:
@@ -150,7 +156,7 @@ def run_stage(stage: int, work: Path, steps: int, extra: list[str]) -> dict[str,
     subprocess.run([sys.executable, "-m", "pipeline.cli", "export", "--ckpt", str(ckpt_dir / "last.ckpt"),
                     "--out", str(out), "--weights", "both"], check=True)  # fmt: skip
     model = load_exported(out).cuda()
-    with torch.no_grad():
+    with torch.no_grad(), bf16():
         embed = model.embed(probe_clip(model.hparams.frames, result["probe_side"]).cuda()).float().cpu()
     trained = torch.load(stats.with_suffix(".embed.pt"), weights_only=True)
     result["export_embed_max_abs_diff"] = float((embed - trained).abs().max())
