@@ -1,0 +1,1 @@
+"""Distributed training: launcher environment checks, strategies, exact resume, atomic checkpoints, export."""
