@@ -13,7 +13,7 @@ import sys
 LIGHTNING = ("fit", "validate", "test")
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "shards": ("pipeline.data.commands", "write, index and verify WebDataset shards (videos, atari, sample, verify, index)"),
+    "shards": ("pipeline.data.commands", "write, index and verify shards (videos, atari, sample, verify, index)"),
     "eval": ("pipeline.eval.commands", "evaluate a checkpoint per prediction horizon into eval.json"),
     "leaderboard": ("pipeline.eval.board_command", "rank runs per horizon from eval.json files"),
     "analyze": ("pipeline.eval.analyze_command", "compounding-error analysis of an eval.json"),

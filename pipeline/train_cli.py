@@ -17,16 +17,20 @@ CLI_ARGS: dict[str, Any] = dict(
 )
 
 
+def _cli(args: list[str], run: bool) -> LightningCLI:
+    argv, sys.argv = sys.argv, sys.argv[:1]  # `args` alone defines the run, not the caller's command line
+    try:
+        return LightningCLI(args=args, run=run, **CLI_ARGS)
+    finally:
+        sys.argv = argv
+
+
 def run_lightning(argv: list[str]) -> int:
     """`wm fit|validate|test ARGS`: parse, instantiate and run the subcommand."""
-    LightningCLI(args=argv, **CLI_ARGS)
+    _cli(argv, run=True)
     return 0
 
 
 def build_cli(args: list[str]) -> LightningCLI:
     """Parse and instantiate model, data and trainer from config arguments without running anything."""
-    argv, sys.argv = sys.argv, sys.argv[:1]  # `args` alone defines the run, not the caller's command line
-    try:
-        return LightningCLI(args=args, run=False, **CLI_ARGS)
-    finally:
-        sys.argv = argv
+    return _cli(args, run=False)

@@ -74,7 +74,8 @@ def test_checkpoint_written_under_lightning_cli_loads(tmp_path: Path) -> None:
     """LightningCLI stores _class_path/_instantiator in the hyperparameters; loading must not pass them on."""
     from pipeline.train_cli import build_cli
 
-    cli = build_cli(["--model", "pipeline.models.baselines.LinearExtrapolation", "--model.init_args.context_frames", "3",
+    cli = build_cli(["--model", "pipeline.models.baselines.LinearExtrapolation",
+                     "--model.init_args.context_frames", "3",
                      "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
     cli.trainer.strategy.connect(cli.model)
     cli.trainer.save_checkpoint(tmp_path / "cli.ckpt")
