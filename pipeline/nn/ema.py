@@ -1,8 +1,11 @@
 """Exponential moving averages of parameters (target encoders, EMA weights). Torch only.
 
-Under DeepSpeed ZeRO-3 a parameter's `data` is an empty placeholder and the rank-local shard lives
-in `param.ds_tensor`; `local_shards` returns those shards so that an EMA of partitioned parameters
-updates each rank's shard in place (target and online modules are partitioned the same way).
+Under DeepSpeed ZeRO-3 the rank-local shard of a parameter lives in `param.ds_tensor` and `param.data` is
+an empty placeholder, except for small parameters below the persistence threshold (and parameters that are
+gathered at the moment): DeepSpeed keeps their full values in `param.data`, and forward passes and
+GatheredParameters read that copy, not the shard. An EMA of partitioned parameters therefore updates each
+rank's shard in place (target and online modules are partitioned the same way) and, where a full copy
+exists, that copy as well. ZeRO-3 is recognised by these attributes alone; this module never imports DeepSpeed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,20 @@ from torch import Tensor, nn
 def local_shards(params: Iterable[nn.Parameter | Tensor]) -> list[Tensor]:
     """The tensors that hold each parameter's values on this rank (ZeRO-3 shard or the full tensor)."""
     return [p.ds_tensor if hasattr(p, "ds_tensor") else p.data for p in params]
+
+
+def full_copy(p: nn.Parameter | Tensor) -> Tensor | None:
+    """The full-size `data` a ZeRO-3 parameter holds next to its shard (persistent or gathered), else None.
+
+    None for a parameter without a shard (its `data` is already what `local_shards` returns) and for a
+    partitioned one whose `data` is released.
+    """
+    shard = getattr(p, "ds_tensor", None)
+    if shard is None or p.data.numel() != getattr(p, "ds_numel", -1) or p.data.numel() == 0:
+        return None
+    if p.data.untyped_storage().data_ptr() == shard.untyped_storage().data_ptr():
+        return None  # the shard is a view of the full tensor: updating the shard already updated it
+    return p.data
 
 
 @torch.no_grad()
@@ -33,10 +50,38 @@ def ema_update_(target: Iterable[Tensor], online: Iterable[Tensor], momentum: fl
         if a.shape != b.shape:
             raise ValueError(f"shape mismatch: target {tuple(a.shape)} vs online {tuple(b.shape)}")
     if t:
-        torch._foreach_lerp_(t, [b.to(a.dtype) for a, b in zip(t, o, strict=True)], 1.0 - momentum)
+        torch._foreach_lerp_(t, [b.to(a.device, a.dtype) for a, b in zip(t, o, strict=True)], 1.0 - momentum)
+
+
+def _full_copy_pairs(target: list[nn.Parameter], online: list[nn.Parameter]) -> tuple[list[Tensor], list[Tensor]]:
+    """(target, online) full copies of the ZeRO-3 target parameters that have one."""
+    t_full, o_full = [], []
+    for i, (t, o) in enumerate(zip(target, online, strict=True)):
+        tf = full_copy(t)
+        if tf is None:
+            continue
+        of = full_copy(o) if hasattr(o, "ds_tensor") else o.data
+        if of is None or of.numel() != tf.numel():
+            # the online values exist only as a shard here: the target's full copy would fall behind its shard
+            raise ValueError(
+                f"target parameter {i} holds its full ZeRO-3 values but the online one does not: gather both "
+                "modules' parameters or neither before the EMA update"
+            )
+        t_full.append(tf)
+        o_full.append(of)
+    return t_full, o_full
 
 
 @torch.no_grad()
 def ema_update_module_(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """EMA of every parameter of `online` into `target` (same architecture), ZeRO-3 aware."""
-    ema_update_(local_shards(target.parameters()), local_shards(online.parameters()), momentum)
+    """EMA of every parameter of `online` into `target` (same architecture), ZeRO-3 aware.
+
+    Shards are updated first; then the full copies ZeRO-3 keeps of persistent (small) or gathered
+    parameters, with the same arithmetic on the same values, so copy and shard stay equal.
+    """
+    t_params, o_params = list(target.parameters()), list(online.parameters())
+    if len(t_params) != len(o_params):
+        raise ValueError(f"target has {len(t_params)} parameters, online has {len(o_params)}")
+    t_full, o_full = _full_copy_pairs(t_params, o_params)  # checked before anything is updated
+    ema_update_(local_shards(t_params), local_shards(o_params), momentum)
+    ema_update_(t_full, o_full, momentum)

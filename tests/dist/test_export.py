@@ -125,14 +125,15 @@ def test_zero_checkpoint_consolidates_into_one_file(tmp_path: Path, zero_run: Pa
 def test_zero3_ema_of_partitioned_parameters_matches_the_gathered_reference(zero_run: Path) -> None:
     stage2 = json.loads((zero_run / "zero2.json").read_text())
     assert stage2["ema_max_abs_error"] < 1e-6 and stage2["target_minus_online_max"] > 1e-2
-    fixed = json.loads((zero_run / "zero3_full_copies.json").read_text())
-    assert fixed["partitioned"] and fixed["ema_max_abs_error"] < 1e-6 and fixed["target_minus_online_max"] > 1e-2
+    stage3 = json.loads((zero_run / "zero3.json").read_text())
+    assert stage3["partitioned"] and stage3["ema_max_abs_error"] < 1e-6 and stage3["target_minus_online_max"] > 1e-2
 
 
 @pytest.mark.multiproc
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="pipeline.nn.ema updates ZeRO-3 shards but not the full copies DeepSpeed keeps "
-                   "of persistent (small) parameters: they lag one EMA update behind")  # fmt: skip
 def test_zero3_ema_with_pipeline_nn_ema_alone(zero_run: Path) -> None:
-    shards = json.loads((zero_run / "zero3.json").read_text())
-    assert shards["partitioned"] and shards["ema_max_abs_error"] < 1e-6
+    fixed = json.loads((zero_run / "zero3.json").read_text())
+    assert fixed["partitioned"] and fixed["ema_max_abs_error"] < 1e-6
+    # the run has persistent parameters: updating their shards alone leaves the full copies one update behind
+    shards_only = json.loads((zero_run / "zero3_shards_only.json").read_text())
+    assert shards_only["partitioned"] and shards_only["ema_max_abs_error"] > 1e-3

@@ -1,9 +1,10 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 on the CPU (gloo), started by `deepspeed --num_gpus 2` from the tests.
 
 For each stage: train a model laid out like V-JEPA (online encoder, EMA target encoder, head) for a few steps,
-update the EMA with pipeline.nn.ema on the rank-local shards, compare it with a reference EMA computed from the
-gathered full weights, save a DeepSpeed checkpoint, and write the gathered full state dict for the export test.
-Rank 0 writes OUT/zero{stage}.json. Not a test module itself.
+update the EMA with pipeline.nn.ema, compare it with a reference EMA computed from the gathered full weights, save
+a DeepSpeed checkpoint, and write the gathered full state dict for the export test. Rank 0 writes
+OUT/zero{stage}.json. A second ZeRO-3 run updates the shards alone (OUT/zero3_shards_only.json): its error shows
+that the run has persistent parameters whose full copies the EMA must update too. Not a test module itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.distributed as dist
 from deepspeed.runtime.zero import GatheredParameters
 from torch import nn
 
-from pipeline.nn.ema import ema_update_module_
+from pipeline.nn.ema import ema_update_, ema_update_module_, local_shards
 
 MOMENTUM = 0.8
 
@@ -41,13 +42,9 @@ def gathered(params: list[nn.Parameter]) -> list[torch.Tensor]:
         return [p.detach().clone() for p in params]
 
 
-@torch.no_grad()
-def ema_with_full_copies(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """Shard EMA plus the full copies ZeRO-3 keeps of persistent (small) parameters; see the tests' report."""
-    ema_update_module_(target, online, momentum)
-    for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        if hasattr(t, "ds_tensor") and t.data.numel() == t.ds_numel:
-            t.data.lerp_(o.data, 1.0 - momentum)
+def ema_of_shards_only(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """The rank-local shards alone: leaves ZeRO-3's full copies of persistent parameters one update behind."""
+    ema_update_(local_shards(target.parameters()), local_shards(online.parameters()), momentum)
 
 
 def run(stage: int, out: Path, steps: int, method: str) -> None:
@@ -69,8 +66,8 @@ def run(stage: int, out: Path, steps: int, method: str) -> None:
         loss = engine(x).pow(2).mean()
         engine.backward(loss)
         engine.step()
-        update = ema_update_module_ if method == "shards" else ema_with_full_copies
-        update(net.target_encoder, net.encoder, MOMENTUM)  # rank-local shards under ZeRO-3
+        update = ema_update_module_ if method == "pipeline" else ema_of_shards_only
+        update(net.target_encoder, net.encoder, MOMENTUM)
         online = gathered(list(net.encoder.parameters()))
         reference = [MOMENTUM * r + (1 - MOMENTUM) * o for r, o in zip(reference, online, strict=True)]
     sharded = gathered(target_params)
@@ -81,7 +78,7 @@ def run(stage: int, out: Path, steps: int, method: str) -> None:
     names = [n for n, _ in net.named_parameters()]
     full = dict(zip(names, gathered(list(net.parameters())), strict=True))
     client = {"wm_class_path": "zero_cpu_worker.Net", "hyper_parameters": {}, "global_step": steps}
-    name = f"zero{stage}" if method == "shards" else f"zero{stage}_{method}"
+    name = f"zero{stage}" if method == "pipeline" else f"zero{stage}_{method}"
     engine.save_checkpoint(str(out / name), tag="checkpoint", client_state=client)
     dist.barrier()
     if rank == 0:
@@ -103,7 +100,7 @@ def main() -> None:
     # the CPU accelerator would JIT-compile a shared-memory all-reduce (minutes of C++); gloo alone is enough here
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo")
-    for stage, method in ((2, "shards"), (3, "shards"), (3, "full_copies")):
+    for stage, method in ((2, "pipeline"), (3, "pipeline"), (3, "shards_only")):
         run(stage, Path(args.out), args.steps, method)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.nn.ema import ema_update_, ema_update_module_, local_shards
+from pipeline.nn.ema import ema_update_, ema_update_module_, full_copy, local_shards
 
 
 def test_ema_formula_and_endpoints() -> None:
@@ -43,3 +43,46 @@ def test_local_shards_prefers_zero3_partition() -> None:
     q = nn.Parameter(torch.zeros(2))
     shards = local_shards([p, q])
     assert shards[0] is p.ds_tensor and shards[1].shape == (2,)
+
+
+def zero3_like(full: torch.Tensor, rank: int, world: int, persistent: bool) -> nn.Parameter:
+    """A parameter laid out as ZeRO-3 lays it out on `rank`: a flat shard in ds_tensor; `data` is the full
+    tensor for a persistent (small) parameter and an empty placeholder otherwise."""
+    p = nn.Parameter(full.clone() if persistent else torch.empty(0), requires_grad=False)
+    size = -(-full.numel() // world)
+    flat = torch.cat([full.flatten(), full.new_zeros(size * world - full.numel())])
+    p.ds_tensor = flat[rank * size : (rank + 1) * size].clone()
+    p.ds_numel = full.numel()
+    return p
+
+
+def test_zero3_ema_updates_shards_and_persistent_full_copies() -> None:
+    torch.manual_seed(0)
+    t_full, o_full = [torch.randn(5, 3), torch.randn(4)], [torch.randn(5, 3), torch.randn(4)]
+    target, online = nn.ParameterList(), nn.ParameterList()
+    for t, o, persistent in zip(t_full, o_full, (False, True), strict=True):
+        target.append(zero3_like(t, 1, 2, persistent))
+        online.append(zero3_like(o, 1, 2, persistent))
+    ema_update_module_(target, online, 0.75)
+    for i, (t, o) in enumerate(zip(t_full, o_full, strict=True)):
+        expected = zero3_like(0.75 * t + 0.25 * o, 1, 2, persistent=True)
+        torch.testing.assert_close(target[i].ds_tensor, expected.ds_tensor)
+    assert target[0].data.numel() == 0  # a released placeholder is left alone
+    torch.testing.assert_close(target[1].data, 0.75 * t_full[1] + 0.25 * o_full[1])  # what forward reads
+    online[1].data = torch.empty(0)
+    with pytest.raises(ValueError, match="full ZeRO-3 values"):
+        ema_update_module_(target, online, 0.5)
+    torch.testing.assert_close(target[1].data, 0.75 * t_full[1] + 0.25 * o_full[1])  # nothing half-updated
+
+
+def test_full_copy_ignores_plain_and_released_parameters() -> None:
+    plain = nn.Parameter(torch.ones(3))
+    assert full_copy(plain) is None and local_shards([plain])[0].data_ptr() == plain.data_ptr()
+    released = zero3_like(torch.ones(6), 0, 2, persistent=False)
+    assert full_copy(released) is None
+    kept = zero3_like(torch.ones(6), 0, 2, persistent=True)
+    copy = full_copy(kept)
+    assert copy is not None and copy.data_ptr() == kept.data_ptr() and copy.shape == (6,)
+    view = nn.Parameter(torch.ones(6))
+    view.ds_tensor, view.ds_numel = view.data.view(-1), 6  # world size 1 sharing storage: one update, not two
+    assert full_copy(view) is None
