@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from pipeline.models.base import WorldModelModule
+from pipeline.models.ema_module import EMAWorldModelModule
 from pipeline.models.protocol import Rollout, to_unit
 from pipeline.nn.autoencoder import FrameAutoencoder, load_frozen_autoencoder
 from pipeline.nn.dit import VideoDiT
@@ -25,7 +25,7 @@ from pipeline.nn.edm import EDM, RectifiedFlow, Sampler, cfg_combine, sample
 from pipeline.nn.ema import ema_update_module_
 
 
-class VideoDiffusionModule(WorldModelModule):
+class VideoDiffusionModule(EMAWorldModelModule):
     """Action-conditioned video diffusion transformer (EDM or rectified flow), pixel or latent space."""
 
     def __init__(
@@ -191,9 +191,8 @@ class VideoDiffusionModule(WorldModelModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def update_ema(self, step: int) -> None:
         # short warmup of the decay so the EMA is not dominated by the random initialisation
-        step = self.global_step
         decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
         ema_update_module_(self.ema_net, self.net, decay)
 

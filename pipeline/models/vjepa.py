@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.models.base import WorldModelModule
+from pipeline.models.ema_module import EMAWorldModelModule
 from pipeline.models.protocol import Rollout, to_unit
 from pipeline.nn.ema import ema_update_module_
 from pipeline.nn.losses import collapse_monitors, jepa_l1, normed_targets
@@ -41,13 +41,12 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float)
     ]
 
 
-class ScheduledModule(WorldModelModule):
+class ScheduledModule(EMAWorldModelModule):
     """Shared by the V-JEPA modules: normalisation, AdamW with scheduled lr / wd, EMA after each optimizer step."""
 
     def setup_schedules(self) -> None:
         self.register_buffer("pix_mean", torch.tensor(MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("pix_std", torch.tensor(STD).view(1, 3, 1, 1, 1), persistent=False)
-        self._ema_step = -1
 
     def preprocess(self, video: Tensor) -> Tensor:
         """uint8 [B, T, C, H, W] -> normalised float [B, C, T, H, W] on the module's device."""
@@ -84,17 +83,12 @@ class ScheduledModule(WorldModelModule):
                     group["weight_decay"] = wd
         self.log_dict({"train/lr": lr, "train/wd": wd}, on_step=True, on_epoch=False)
 
-    def on_train_start(self) -> None:
-        self._ema_step = self.global_step
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # the EMA follows optimizer steps, not batches (gradient accumulation skips steps)
+    def update_ema(self, step: int) -> None:
         target = getattr(self, "target_encoder", None)
-        if target is None or self.global_step == self._ema_step:
+        if target is None:
             return
-        self._ema_step = self.global_step
         hp = self.hparams
-        m = ema_momentum(self.global_step, self.total_steps(), hp.ema_start, hp.ema_final, hp.ema_constant)
+        m = ema_momentum(step, self.total_steps(), hp.ema_start, hp.ema_final, hp.ema_constant)
         ema_update_module_(target, self.encoder, m)
         self.log("train/ema_momentum", m, on_step=True, on_epoch=False)
 

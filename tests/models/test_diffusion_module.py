@@ -132,15 +132,15 @@ def test_ema_weights_trail_the_online_weights() -> None:
     m = _module(ema_decay=0.9, lr=1e-2, warmup_steps=1).train()
     opt = torch.optim.AdamW(m.net.parameters(), lr=1e-2)
     init = [p.detach().clone() for p in m.net.parameters()]
-    m.on_train_batch_end(None, None, 0)  # step 0: decay min(0.9, 1/10) = 0.1, online == ema still
+    m.update_ema(0)  # step 0: decay min(0.9, 1/10) = 0.1, online == ema still
     for step in range(6):
         opt.zero_grad()
         m.diffusion_loss({"video": _clip(t=8, seed=step), "actions": _actions(2, 8, step)}).backward()
         opt.step()
         before = [p.detach().clone() for p in m.ema_net.parameters()]
-        m.on_train_batch_end(None, None, step)
+        m.update_ema(0)
     # last update followed ema <- d * ema + (1 - d) * online, d = min(0.9, (1 + step) / (10 + step))
-    d = min(0.9, 1 / 10)  # global_step stays 0 outside a Trainer
+    d = min(0.9, 1 / 10)  # step 0 passed each time
     for e, b, o in zip(m.ema_net.parameters(), before, m.net.parameters(), strict=True):
         torch.testing.assert_close(e, d * b + (1 - d) * o)
     online_move = sum((o - i).norm() for o, i in zip(m.net.parameters(), init, strict=True))
