@@ -57,6 +57,8 @@ class ClipSpec:
 # (decord echoes unreadable input into its error message, which floods logs for large blobs).
 _BMFF_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp"}
 _MAGICS = (b"\x1aE\xdf\xa3", b"RIFF", b"FLV", b"OggS", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")
+# sources whose shorter side is at least this many times the target are scaled inside the decoder
+DECODER_SCALING_FACTOR = 2
 
 
 def check_container(data: bytes) -> None:
@@ -197,13 +199,14 @@ def resize_crop(frames: np.ndarray, resolution: int, rng: np.random.Generator | 
         top, left = (h - side) // 2, (w - side) // 2
     else:
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    # (T, side, side, 3) -> (T, 3, side, side) in numpy: torch's uint8 permute-copy is several times slower
-    crop = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + side, left : left + side].transpose(0, 3, 1, 2)))
+    crop = frames[:, top : top + side, left : left + side]
     if side == resolution:
-        return crop
-    size = (resolution, resolution)
-    out = F.interpolate(crop.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+        # (T, side, side, 3) -> (T, 3, side, side) in numpy: torch's uint8 permute-copy is several times slower
+        return torch.from_numpy(np.ascontiguousarray(crop.transpose(0, 3, 1, 2)))
+    # uint8 in, uint8 out: torch's channels-last uint8 kernel needs no float copy of the frames. The result keeps
+    # the channels-last layout; collation (torch.stack) writes the batch contiguously anyway.
+    return F.interpolate(torch.from_numpy(crop).permute(0, 3, 1, 2), size=(resolution, resolution), mode="bilinear",
+                         antialias=True, align_corners=False)
 
 
 def scaled_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
@@ -240,8 +243,10 @@ def decode_clip(
     size = probe_mp4_size(data) if len(data) >= 8 and data[4:8] in _BMFF_BOXES else None
     if size is not None and size[0] * size[1] > spec.max_pixels:
         raise SkipSample("too_large", f"stream is {size[0]}x{size[1]}")
-    # Let the decoder scale the shorter side to `resolution`; only a crop is left to do here.
-    source = VideoSource(data, decoder, threads, None if size is None else scaled_size(size, spec.resolution))
+    # Large sources: the decoder scales the shorter side while converting to RGB (cheaper than converting
+    # every full-size pixel). Small ones: decoding at full size and resizing the crop in uint8 is cheaper.
+    scale_in_decoder = size is not None and min(size) >= DECODER_SCALING_FACTOR * spec.resolution
+    source = VideoSource(data, decoder, threads, scaled_size(size, spec.resolution) if scale_in_decoder else None)
     if len(source) > spec.max_frames:
         raise SkipSample("too_large", f"stream has {len(source)} frames")
     available = len(source) if max_index is None else min(len(source), max_index)
