@@ -3,7 +3,7 @@
 # (bf16), the ZeRO-3 EMA against a reference EMA of the gathered weights, export + reload of each checkpoint,
 # throughput / MFU / peak memory per stage. Results: launch/gpu_check.json (commit it).
 #   bash launch/gpu_check.sh                      tiny V-JEPA on the sample corpus, 40 steps per stage
-#   STEPS=60 bash launch/gpu_check.sh --config configs/vjepa/vitl16.yaml   more `wm fit` arguments go last
+#   STEPS=60 bash launch/gpu_check.sh --config configs/vjepa/vit_l16.yaml   more `wm fit` arguments go last
 #   DRY_RUN=1 bash launch/gpu_check.sh            prints the commands
 set -euo pipefail
 cd "$(dirname "$0")/.."
