@@ -118,7 +118,8 @@ class ShardDataModule(pl.LightningDataModule):
             decoder: video decoder, decord (default) or pyav.
             shuffle_buffer: samples in each worker's shuffle buffer (train).
             seed: seed of shard orders, sample shuffles, clip starts and crops.
-            batch_transform: picklable callable applied to each collated batch inside the workers.
+            batch_transform: picklable callable applied to each collated batch inside the workers; the batch's
+                stream position (batch["__stream__"]) seeds any randomness, e.g. MaskCollator's masks.
             allow_pipe: allow `pipe:` and network shard URLs (they run commands).
             max_pixels: skip videos larger than this many pixels per frame (declared or decoded).
             max_frames: skip videos longer than this many frames (declared or decoded).

@@ -101,7 +101,11 @@ class ClipStream(torch.utils.data.IterableDataset):
 
     Yields dicts: video uint8 [B, T, C, H, W], key list[str], and when present actions float32 [B, T, A],
     rewards float32 [B, T], terminals float32 [B, T], plus what `batch_transform` adds, plus
-    `__stream__` (worker id, sample cursor, skip counts), which the loader removes.
+    `__stream__` (the batch's position and skip counts), which the loader removes.
+
+    The position (seed, train 0/1, epoch, rank, logical worker, sample cursor after the batch; all ints, see
+    `position`) is in the batch under `__stream__` already when `batch_transform` runs, so a transform that
+    draws random numbers can seed them from it and repeat exactly on resume (pipeline.nn.masks.MaskCollator).
     """
 
     def __init__(
@@ -164,13 +168,23 @@ class ClipStream(torch.utils.data.IterableDataset):
         pipeline = self._pipeline(rank, world, worker, workers, tracker, int(done["cursor"]))
         batches = pipeline if self.mode == "eval" else islice(pipeline, self.quota(worker, workers) - done["batches"])
         for batch in batches:
-            cursor = batch.pop("__cursor__")
+            position = self.position(rank, worker, batch.pop("__cursor__"))
+            batch["__stream__"] = dict(position)
             if self.batch_transform is not None:
                 batch = self.batch_transform(batch)
-            batch["__stream__"] = {"worker": worker, "cursor": cursor, "skips": dict(tracker.counts),
-                                   "warnings": tracker.pending}  # fmt: skip
+            batch["__stream__"] = {**position, "skips": dict(tracker.counts), "warnings": tracker.pending}
             tracker.pending = []
             yield batch
+
+    def position(self, rank: int, worker: int, cursor: int) -> dict[str, int]:
+        """Where a batch sits in the run; the same batch has the same position in a resumed run.
+
+        cursor: this (rank, logical worker)'s sample count after the batch, skipped samples included.
+        Eval passes read the same samples every time, so their epoch is always 0.
+        """
+        train = self.mode == "train"
+        return {"seed": self.seed, "train": int(train), "epoch": self.epoch if train else 0, "rank": rank,
+                "worker": worker, "cursor": int(cursor)}  # fmt: skip
 
     def _pipeline(self, rank: int, world: int, worker: int, workers: int, tracker: SkipTracker, skip: int):
         slot, slots = rank * workers + worker, world * workers

@@ -20,6 +20,12 @@ from pipeline.dist.env import dist_env, worker_info
 
 Grid = tuple[int, int, int]
 
+# The data stream (pipeline.data.stream) puts its position in the batch under this key before the batch
+# transform runs, and the loader removes it afterwards. Named here rather than imported: pipeline.nn stays
+# free of the data stack. Every field is an int; together they name one batch of one run.
+POSITION_KEY = "__stream__"
+POSITION_FIELDS = ("seed", "train", "epoch", "rank", "worker", "cursor")
+
 
 def apply_masks(x: Tensor, masks: Tensor | Sequence[Tensor]) -> Tensor:
     """Keep the tokens named by the masks.
@@ -137,7 +143,7 @@ def make_masks(
 
 
 def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from several integers (seed, rank, worker, step), stable across runs and platforms."""
+    """A 63-bit seed from several non-negative integers (seed, position...), stable across runs and platforms."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
         h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
@@ -148,9 +154,12 @@ def mix_seed(*parts: int) -> int:
 class MaskCollator:
     """Batch transform for the data module: adds `masks_ctx` and `masks_tgt` (lists of [B, K] long) to a batch.
 
-    The token grid comes from the batch's `video` [B, T, C, H, W]; each call draws from a generator seeded
-    by (seed, rank, worker id, call count), so masks differ across ranks, workers and steps and repeat
-    exactly when the run is repeated. Picklable (plain attributes), so DataLoader workers get a copy.
+    The token grid comes from the batch's `video` [B, T, C, H, W]. In the data stream each batch carries its
+    position (POSITION_KEY: data seed, train/eval, epoch, rank, logical worker, sample cursor) and the masks
+    are drawn from a generator seeded by (seed, position): a pure function of where the batch sits in the run,
+    so a resumed run draws exactly the masks of the uninterrupted one, and epochs, ranks and workers differ.
+    Called on a batch without a position (benchmarks, tests), it counts its calls per process instead, which
+    repeats a run but does not survive a restart. Picklable (plain attributes), so DataLoader workers get a copy.
     """
 
     def __init__(
@@ -206,9 +215,19 @@ class MaskCollator:
         slots = self.context_frames // self.tubelet_size
         return make_masks(self.grid(video_shape), video_shape[0], generator, self.specs, self.mode, slots)
 
+    def batch_seed(self, batch: dict[str, Any]) -> int:
+        """Seed of a batch's masks: from its stream position, or (rank, worker, call count) without one."""
+        position = batch.get(POSITION_KEY)
+        if position is None:  # outside the stream: nothing in the batch says where it is
+            worker, _ = worker_info()
+            self.calls += 1
+            return mix_seed(self.seed, dist_env().rank, worker, self.calls - 1)
+        missing = [f for f in POSITION_FIELDS if f not in position]
+        if missing:
+            raise ValueError(f"the batch's stream position {sorted(position)} lacks {missing}: cannot seed its masks")
+        return mix_seed(self.seed, *(int(position[f]) for f in POSITION_FIELDS))
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        worker, _ = worker_info()
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, dist_env().rank, worker, self.calls))
-        self.calls += 1
+        gen = torch.Generator().manual_seed(self.batch_seed(batch))
         batch["masks_ctx"], batch["masks_tgt"] = self.masks(tuple(batch["video"].shape), gen)
         return batch
