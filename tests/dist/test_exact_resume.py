@@ -56,7 +56,7 @@ def run_config(tmp: Path, shards: Path, steps: int, workers: int, val: bool = Fa
         "data": {"init_args": {
             "train_shards": str(shards), "val_shards": str(shards) if val else None, "resolution": 32,
             "frame_stride": 1, "batch_size": 2, "num_workers": workers, "steps_per_epoch": 4, "val_samples": None,
-            "shuffle_buffer": 4, "decoder": "pyav", "batch_transform": None,
+            "shuffle_buffer": 4, "decoder": "pyav",
         }},
         "trainer": {
             "max_steps": steps, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
@@ -128,6 +128,8 @@ def records(probe: Path, rank: int, phase: str = "train") -> dict[int, dict]:
 
 
 def check_resume(straight: Path, resumed: Path, resumed_from: int, steps: int, ranks: int) -> None:
+    # the masks come from the data workers' MaskCollator (configs/vjepa/tiny.yaml), seeded by stream position
+    assert "class_path: pipeline.nn.masks.MaskCollator" in (resumed / "config.yaml").read_text()
     for rank in range(ranks):
         a, b = records(straight / "probe", rank), records(resumed / "probe", rank)
         assert sorted(a) == list(range(steps))
