@@ -17,20 +17,23 @@ CLI_ARGS: dict[str, Any] = dict(
 )
 
 
-def _cli(args: list[str], run: bool) -> LightningCLI:
-    argv, sys.argv = sys.argv, sys.argv[:1]  # `args` alone defines the run, not the caller's command line
-    try:
-        return LightningCLI(args=args, run=run, **CLI_ARGS)
-    finally:
-        sys.argv = argv
-
-
 def run_lightning(argv: list[str]) -> int:
-    """`wm fit|validate|test ARGS`: parse, instantiate and run the subcommand."""
-    _cli(argv, run=True)
+    """`wm fit|validate|test ARGS`: parse, instantiate and run the subcommand.
+
+    sys.argv is left as it is: Lightning's DDP launcher starts the other ranks by re-running it.
+    """
+    LightningCLI(args=argv, **CLI_ARGS)
     return 0
 
 
 def build_cli(args: list[str]) -> LightningCLI:
-    """Parse and instantiate model, data and trainer from config arguments without running anything."""
-    return _cli(args, run=False)
+    """Parse and instantiate model, data and trainer from config arguments without running anything.
+
+    For in-process callers (the demo, tests) on one process: `args` alone defines the run, so the
+    caller's own command line is hidden from LightningCLI while it parses.
+    """
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return LightningCLI(args=args, run=False, **CLI_ARGS)
+    finally:
+        sys.argv = argv
