@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE_DIR = ROOT / "tests" / "dist"  # resume_probe.Probe writes each rank's final weights
 
 
-def test_two_rank_ddp_fit_ends_with_identical_weights(sample_corpus: Path, tmp_path: Path) -> None:
+def test_two_rank_ddp_fit_ends_with_identical_weights(sample_corpus: Path, tmp_path: Path, master_port: str) -> None:
     shards = str(sample_corpus / "videos")
     run = {
         "data": {"init_args": {"train_shards": shards, "val_shards": None, "batch_size": 2, "num_workers": 0,
@@ -32,7 +32,7 @@ def test_two_rank_ddp_fit_ends_with_identical_weights(sample_corpus: Path, tmp_p
            "--config", "configs/vjepa/tiny.yaml", "--config", str(tmp_path / "run.yaml"),
            "--trainer.devices", "2", "--trainer.strategy", "ddp"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{PROBE_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": master_port}  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     w0 = torch.load(tmp_path / "probe" / "rank0.weights.pt", weights_only=True)
