@@ -223,7 +223,8 @@ class VJEPAModule(ScheduledModule):
     def decoder_loss(self, targets: Tensor, video: Tensor) -> Tensor:
         """MSE of the decoder's pixels from detached latents [B, N, D] against the clip uint8 [B, T, C, H, W]."""
         grid = self.encoder.patch_embed.grid(video.permute(0, 2, 1, 3, 4).shape)
-        return F.mse_loss(self.decoder(targets.detach(), grid), to_unit(video))
+        # in float32: under DeepSpeed bf16 the decoder output is bf16 and the pixels are not
+        return F.mse_loss(self.decoder(targets.detach(), grid).float(), to_unit(video))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, targets, h = self.jepa_loss(batch, salt=self.global_step)

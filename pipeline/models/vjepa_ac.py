@@ -160,7 +160,8 @@ class VJEPAACModule(ScheduledModule):
 
     def decoder_loss(self, z: Tensor, video: Tensor) -> Tensor:
         """MSE of frames decoded from detached latents [B, T, S, D] against the clip uint8 [B, T, C, H, W]."""
-        return F.mse_loss(self.decode(z.detach(), self.grid_hw(video)), to_unit(video))
+        # in float32: under DeepSpeed bf16 the decoder output is bf16 and the pixels are not
+        return F.mse_loss(self.decode(z.detach(), self.grid_hw(video)).float(), to_unit(video))
 
     def decode(self, z: Tensor, hw: tuple[int, int]) -> Tensor:
         """Latents [B, T, S, D] -> frames [B, T, C, H, W] (the first frame of each decoded tubelet)."""

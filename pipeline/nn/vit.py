@@ -85,7 +85,8 @@ class PatchEmbed3D(nn.Module):
 
     def forward(self, video: Tensor) -> Tensor:
         self.grid(video.shape)
-        return self.proj(video).flatten(2).transpose(1, 2)
+        # weights cast to bf16 by DeepSpeed (no autocast there) need the pixels in their dtype too
+        return self.proj(video.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
 
 
 class VideoViT(nn.Module):
