@@ -5,13 +5,14 @@ No network access happens here except in `download`, which the user asks for (`w
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.data.manifest import file_sha256 as sha256_of  # one file-hashing helper for shards and weights
 
 
 @dataclass(frozen=True)
@@ -88,15 +89,6 @@ def find_weights(name: str, explicit: str | Path | None = None) -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(missing_message(name, explicit))
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe(path: Path | None, reason: str = "") -> dict[str, str]:
