@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
 KINDS: dict[str, tuple[str, str]] = {
     "data": ("pipeline.bench.data", "stream clips/s vs the raw decoder and a naive PyAV baseline"),
@@ -11,6 +14,14 @@ KINDS: dict[str, tuple[str, str]] = {
     "sample": ("pipeline.bench.sample", "diffusion sampling: generated frames/s at a number of steps"),
     "frechet": ("pipeline.bench.frechet", "Frechet distance: eigendecomposition vs scipy.linalg.sqrtm"),
 }
+
+
+def write_json(path: str | Path, result: dict[str, Any]) -> Path:
+    """Write one benchmark's result as indented JSON (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
+from pipeline.bench import write_json
 from pipeline.data.decode import ClipSpec, probe_mp4_size, scaled_size, select_indices
 from pipeline.data.stream import build_stream
 
@@ -165,8 +165,7 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, RuntimeError) as exn:
         print(f"wm bench data: {exn}", file=sys.stderr)
         return 1
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     r = result["ratios"]
     print(f"stream {result['stream']['clips_per_s']:.1f} clips/s ({result['stream']['clips_per_s_per_worker']:.1f}"
           f" per worker), raw decoder {result['raw_decoder']['clips_per_s']:.1f}, naive PyAV "

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 import torch
 
+from pipeline.bench import write_json
 from pipeline.eval.fvd import frechet_distance, stats_from_sums
 
 
@@ -63,8 +62,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", required=True, help="where to write the result")
     args = p.parse_args(argv)
     result = run(args.dim, args.samples, args.repeats, args.seed)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     print(f"dim {args.dim}: ours {result['ours']['median_s'] * 1e3:.1f} ms, scipy sqrtm "
           f"{result['baseline']['median_s'] * 1e3:.1f} ms (x{result['speedup']:.1f}), "
           f"relative difference {result['relative_difference']:.2e}")

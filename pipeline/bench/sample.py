@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import yaml
 
+from pipeline.bench import write_json
 from pipeline.models.base import WorldModelModule
 
 SAMPLERS = ("euler", "heun")
@@ -149,8 +150,7 @@ def main(argv: list[str]) -> int:
     }  # fmt: skip
     if args.device.startswith("cuda"):
         result["device_name"] = torch.cuda.get_device_name(torch.device(args.device))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     print(json.dumps(result, indent=2))
     return 0
 

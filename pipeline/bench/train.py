@@ -26,6 +26,8 @@ import yaml
 from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from pipeline.bench import write_json
+
 # dense bf16 tensor-core peaks (TFLOP/s) by a substring of torch.cuda.get_device_name(), most specific first
 PEAK_TFLOPS = (
     ("H200", 989.4),
@@ -276,8 +278,7 @@ def main(argv: list[str]) -> int:
             mfu=achieved / peak if peak else None, peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30,
         )  # fmt: skip
     if trainer.global_rank == 0:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
         print(json.dumps(result, indent=2))
     return 0
 
