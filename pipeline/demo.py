@@ -42,8 +42,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def fit(family: str, root: Path, out: Path, steps: int | None, seed: int) -> Path:
-    """Train configs/FAMILY/tiny.yaml on ROOT/videos with LightningCLI; returns the final checkpoint."""
+def fit(family: str, root: Path, out: Path, steps: int | None, seed: int) -> tuple[Path, tuple[int, int]]:
+    """Train configs/FAMILY/tiny.yaml on ROOT/videos with LightningCLI.
+
+    Returns the final checkpoint and the clip the model trained on: (frame_stride, resolution).
+    """
     from pipeline.train_cli import build_cli
 
     cfg = configs_dir()
@@ -61,18 +64,21 @@ def fit(family: str, root: Path, out: Path, steps: int | None, seed: int) -> Pat
     cli.trainer.save_checkpoint(ckpt)
     print(f"[demo] {family}: {cli.trainer.global_step} steps in {time.perf_counter() - started:.0f} s; "
           f"metrics {cli.trainer.logger.log_dir}/metrics.csv; checkpoint {ckpt}")
-    return ckpt
+    data = cli.datamodule.hparams
+    return ckpt, (int(data.frame_stride), int(data.resolution))
 
 
-def eval_data(root: Path, frames: int, samples: int, seed: int) -> Any:
-    """The evaluation clips: the tiny configs' frame stride and resolution, centre crops, fixed seed."""
+def eval_data(root: Path, frames: int, clip: tuple[int, int], samples: int, seed: int) -> Any:
+    """The evaluation clips at the training clip's (frame_stride, resolution), centre crops, fixed seed."""
     from pipeline.data.datamodule import ShardDataModule
 
-    return ShardDataModule(val_shards=str(root / "videos"), frames=frames, frame_stride=2, resolution=64,
+    stride, resolution = clip
+    return ShardDataModule(val_shards=str(root / "videos"), frames=frames, frame_stride=stride, resolution=resolution,
                            val_batch_size=4, num_workers=0, val_samples=samples, seed=seed)
 
 
-def evaluate_all(ckpts: dict[str, Path], root: Path, out: Path, args: argparse.Namespace) -> list[Path]:
+def evaluate_all(ckpts: dict[str, Path], clip: tuple[int, int], root: Path, out: Path,
+                 args: argparse.Namespace) -> list[Path]:
     from pipeline.eval.rollout import evaluate
     from pipeline.eval.weights import sha256_of
     from pipeline.models.baselines import CopyLastFrame
@@ -85,7 +91,7 @@ def evaluate_all(ckpts: dict[str, Path], root: Path, out: Path, args: argparse.N
     paths = []
     for name, (model, checkpoint) in models.items():
         path = out / name / "eval.json"
-        record = evaluate(model, eval_data(root, frames, args.samples, args.seed), horizons=args.horizons,
+        record = evaluate(model, eval_data(root, frames, clip, args.samples, args.seed), horizons=args.horizons,
                           context=args.context, samples=args.samples, seed=args.seed, batch_size=4,
                           out=path, checkpoint=checkpoint or {"baseline": name})
         absent = ", ".join(f"{k} ({v})" for k, v in record.get("absent", {}).items())
@@ -106,8 +112,13 @@ def main(argv: list[str]) -> int:
         print(f"wm demo: {err}", file=sys.stderr)
         return 1
     print(f"[demo] sample corpus: {build_sample_corpus(root, progress=True)}")
-    ckpts = {family: fit(family, root, out, args.steps, args.seed) for family in args.families}
-    paths = evaluate_all(ckpts, root, out, args)
+    fitted = {family: fit(family, root, out, args.steps, args.seed) for family in args.families}
+    clips = {clip for _, clip in fitted.values()}
+    if len(clips) != 1:  # one leaderboard ranks runs evaluated on one clip rule only
+        print(f"wm demo: the models trained on different clips (frame_stride, resolution): {clips}", file=sys.stderr)
+        return 1
+    ckpts = {family: ckpt for family, (ckpt, _) in fitted.items()}
+    paths = evaluate_all(ckpts, clips.pop(), root, out, args)
     board = write_leaderboard(paths, out / "leaderboard")
     print((out / "leaderboard" / "leaderboard.md").read_text())
     print(f"[demo] leaderboard: {out / 'leaderboard'} ({len(board['runs'])} runs)")

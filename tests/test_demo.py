@@ -23,6 +23,8 @@ def test_demo_trains_evaluates_and_ranks(sample_corpus: Path, tmp_path: Path, ca
     assert sorted(run["run"] for run in board["runs"]) == ["copy_last_frame", "diffusion", "vjepa"]
     records = [json.loads((out / name / "eval.json").read_text()) for name in ("copy_last_frame", "vjepa")]
     assert all(r["samples"] == 4 and r["horizons"] == [1, 2] for r in records)
+    # evaluated on the clip the tiny configs train on (configs/*/tiny.yaml: stride 2, 64 px)
+    assert all("frame_stride=2, resolution=64" in r["clip_rule"] for r in records)
     assert "vjepa" in records[1]["checkpoint"]["file"]
     # copy-last-frame at horizon 1 on real video: high PSNR, a real number, not a placeholder
     assert 15.0 < records[0]["metrics"]["1"]["psnr"] < 60.0
