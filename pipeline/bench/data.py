@@ -79,7 +79,8 @@ def raw_decord(data: bytes, spec: ClipSpec) -> np.ndarray:
 
 
 def raw_decord_scaled(data: bytes, spec: ClipSpec) -> np.ndarray:
-    """The decoder alone, scaling the shorter side to spec.resolution while converting (as the stream does)."""
+    """The decoder alone, scaling the shorter side to spec.resolution while converting (the stream does so for
+    sources at least twice the output size)."""
     import decord
 
     width, height = scaled_size(probe_mp4_size(data), spec.resolution)
