@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-40}
 build=("$PY" -m pipeline.cli shards sample --out data/sample)
-check=("$PY" -m pipeline.dist.gpu_check --steps "$STEPS" --out launch/gpu_check.json -- "$@")
+check=("$PY" -m pipeline.distributed.gpu_check --steps "$STEPS" --out launch/gpu_check.json -- "$@")
 if [ "${DRY_RUN:-0}" = 1 ]; then
   echo "${build[*]}"
   echo "${check[*]}"

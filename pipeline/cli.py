@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("pipeline.eval.analyze_command", "compounding-error analysis of an eval.json"),
     "weights": ("pipeline.eval.weights_command", "locate or download feature-extractor weights"),
     "bench": ("pipeline.bench", "benchmarks with JSON results (data, train, sample, frechet)"),
-    "export": ("pipeline.dist.export", "consolidate a checkpoint into one safetensors file"),
+    "export": ("pipeline.distributed.export", "consolidate a checkpoint into one safetensors file"),
     "plan": ("pipeline.plan.command", "plan with a learned world model (CEM/MPC), online or offline"),
     "demo": ("pipeline.demo", "train, evaluate and rank the tiny models on the sample corpus"),
 }

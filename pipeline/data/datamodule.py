@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.data.decode import ClipSpec
 from pipeline.data.stream import ClipStream, build_stream
-from pipeline.dist.env import dist_env
+from pipeline.distributed.env import dist_env
 
 
 class StreamLoader(DataLoader):

@@ -24,7 +24,7 @@ import webdataset as wds
 
 from pipeline.data.decode import ClipSpec, Decoder
 from pipeline.data.parse import SHARD_SUFFIXES, SkipTracker, collate, decode_sample, wait_for
-from pipeline.dist.env import dist_env, worker_info
+from pipeline.distributed.env import dist_env, worker_info
 
 Mode = Literal["train", "eval"]
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "gs://", "s3://", "ais://", "hf://")
@@ -267,7 +267,7 @@ def build_stream(
 ) -> ClipStream:
     """The one streaming pipeline for train and eval; see the module docstring.
 
-    rank/world_size: default to pipeline.dist.env.dist_env() (read when iterating).
+    rank/world_size: default to pipeline.distributed.env.dist_env() (read when iterating).
     max_samples: eval mode only, at most this many samples in total over all ranks and workers.
     """
     urls = check_shards(list_shards(shards, allow_pipe), shard_retries, retry_delay)

@@ -14,7 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from pipeline.dist.guard import NonFiniteGuard
+from pipeline.distributed.guard import NonFiniteGuard
 from pipeline.models.base import WorldModelModule
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from pipeline.dist.env import dist_env, worker_info
+from pipeline.distributed.env import dist_env, worker_info
 
 Grid = tuple[int, int, int]
 

@@ -90,5 +90,6 @@ def test_gpu_check_dry_run() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         ".venv/bin/python -m pipeline.cli shards sample --out data/sample",
-        ".venv/bin/python -m pipeline.dist.gpu_check --steps 30 --out launch/gpu_check.json -- --config big.yaml",
+        ".venv/bin/python -m pipeline.distributed.gpu_check --steps 30 --out launch/gpu_check.json "
+        "-- --config big.yaml",
     ]

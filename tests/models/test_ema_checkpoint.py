@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from pipeline.dist.guard import NonFiniteGuard
+from pipeline.distributed.guard import NonFiniteGuard
 from pipeline.models.diffusion import VideoDiffusionModule
 from pipeline.models.vjepa import VJEPAModule
 from pipeline.nn.schedules import ema_momentum

@@ -22,8 +22,8 @@ import yaml
 
 from pipeline.data.shards import Sample, ShardWriter
 from pipeline.data.sources.encode import encode_frames
-from pipeline.dist.export import load_exported
-from pipeline.dist.export import main as export_main
+from pipeline.distributed.export import load_exported
+from pipeline.distributed.export import main as export_main
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -62,10 +62,10 @@ def run_config(tmp: Path, shards: Path, steps: int, workers: int, val: bool = Fa
             "max_steps": steps, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
             "num_sanity_val_steps": 0, "check_val_every_n_epoch": 1 if val else 1000, "default_root_dir": str(tmp),
             "callbacks": [
-                {"class_path": "pipeline.dist.guard.NonFiniteGuard"},
+                {"class_path": "pipeline.distributed.guard.NonFiniteGuard"},
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
                     "dirpath": str(tmp / "ckpt"), "save_last": True, "every_n_train_steps": 1, "save_top_k": 0}},
-                {"class_path": "pipeline.dist.resume.ResumeState"},
+                {"class_path": "pipeline.distributed.resume.ResumeState"},
                 {"class_path": "resume_probe.Probe", "init_args": {"out": str(tmp / "probe")}},
             ],
         },

@@ -1,6 +1,6 @@
 """Lightning strategies used by configs/trainer/: DDP and DeepSpeed ZeRO with checks that fail early and clearly.
 
-- Both check the launcher's world against `devices x num_nodes` when the Trainer is built (pipeline.dist.env),
+- Both check the launcher's world against `devices x num_nodes` when the Trainer is built (pipeline.distributed.env),
   so a misconfigured job stops before any process trains alone.
 - `ZeroStrategy` refuses a machine without CUDA while the config is being instantiated, with one line that says
   what to use instead, rather than a traceback from inside `trainer.fit`.
@@ -23,7 +23,7 @@ from lightning.pytorch.strategies import DDPStrategy as _LightningDDP
 from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeed
 from typing_extensions import override
 
-from pipeline.dist.env import LaunchError, check_rank, check_world, node_rank_from_env
+from pipeline.distributed.env import LaunchError, check_rank, check_world, node_rank_from_env
 
 
 class ConfigError(SystemExit):

@@ -131,14 +131,14 @@ def _merge(path: Path, values: dict[str, Any]) -> None:
 
 def run_stage(stage: int, work: Path, steps: int, extra: list[str]) -> dict[str, Any]:
     """Fit V-JEPA under ZeRO `stage`, export the last checkpoint, reload it; returns the stage's numbers."""
-    from pipeline.dist.export import load_exported
+    from pipeline.distributed.export import load_exported
 
     stats = work / f"zero{stage}.json"
     stats.unlink(missing_ok=True)
     ckpt_dir = work / f"zero{stage}_ckpt"
     callbacks = [
-        {"class_path": "pipeline.dist.gpu_check.StepStats", "init_args": {"out": str(stats)}},
-        {"class_path": "pipeline.dist.gpu_check.EmaReference", "init_args": {"out": str(stats)}},
+        {"class_path": "pipeline.distributed.gpu_check.StepStats", "init_args": {"out": str(stats)}},
+        {"class_path": "pipeline.distributed.gpu_check.EmaReference", "init_args": {"out": str(stats)}},
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"dirpath": str(ckpt_dir), "save_last": True, "every_n_train_steps": steps, "save_top_k": 0}},
     ]  # fmt: skip

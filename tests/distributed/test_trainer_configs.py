@@ -11,9 +11,9 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from pipeline.dist.checkpoint_io import AtomicCheckpointIO
-from pipeline.dist.guard import NonFiniteGuard
-from pipeline.dist.strategy import ConfigError, DDPStrategy, ZeroStrategy
+from pipeline.distributed.checkpoint_io import AtomicCheckpointIO
+from pipeline.distributed.guard import NonFiniteGuard
+from pipeline.distributed.strategy import ConfigError, DDPStrategy, ZeroStrategy
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "trainer"
 BORING = "lightning.pytorch.demos.boring_classes.BoringModel"
@@ -79,7 +79,7 @@ def test_deepspeed_configs_hold_the_documented_zero_settings(name: str, monkeypa
     # the CUDA check is the only thing standing between this machine and the strategy's own config
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     init = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["trainer"]["strategy"]
-    assert init["class_path"] == "pipeline.dist.strategy.ZeroStrategy"
+    assert init["class_path"] == "pipeline.distributed.strategy.ZeroStrategy"
     strategy = ZeroStrategy(**init["init_args"])
     zero = strategy.config["zero_optimization"]
     stage, offload = DEEPSPEED[name]

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch.utils.data import DataLoader
 
-from pipeline.dist.resume import ResumeState
+from pipeline.distributed.resume import ResumeState
 
 
 class NoisyModel(BoringModel):

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from pipeline.dist.export import load_exported, main, read_exported
+from pipeline.distributed.export import load_exported, main, read_exported
 from pipeline.models.vjepa import VJEPAModule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def zero_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     deepspeed = Path(sys.executable).with_name("deepspeed")
     port = str(29100 + os.getpid() % 800)
-    cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", port, str(ROOT / "tests/dist/zero_cpu_worker.py"),
+    cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", port, str(ROOT / "tests/distributed/zero_cpu_worker.py"),
            "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

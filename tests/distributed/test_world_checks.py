@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.dist.env import LaunchError, check_rank, check_world, dist_env, node_rank_from_env
-from pipeline.dist.strategy import ConfigError, DDPStrategy, DeepSpeedLauncherEnvironment
+from pipeline.distributed.env import LaunchError, check_rank, check_world, dist_env, node_rank_from_env
+from pipeline.distributed.strategy import ConfigError, DDPStrategy, DeepSpeedLauncherEnvironment
 
 LAUNCHER_VARS = [
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "NODE_RANK", "GROUP_RANK", "CROSS_RANK",

@@ -9,8 +9,8 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from pipeline.dist.checkpoint_io import AtomicCheckpointIO
-from pipeline.dist.guard import NonFiniteGuard, NonFiniteLossError
+from pipeline.distributed.checkpoint_io import AtomicCheckpointIO
+from pipeline.distributed.guard import NonFiniteGuard, NonFiniteLossError
 
 
 class PoisonedModel(BoringModel):
@@ -96,7 +96,7 @@ def test_atomic_save_replaces_whole_files_and_survives_a_crash(tmp_path: Path) -
 
 
 def test_zero_checkpoint_directories_are_swapped_whole(tmp_path: Path) -> None:
-    from pipeline.dist.strategy import replace_dir
+    from pipeline.distributed.strategy import replace_dir
 
     final, new = tmp_path / "last.ckpt", tmp_path / ".last.ckpt.tmp"
     (final / "checkpoint").mkdir(parents=True)
