@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,21 +149,25 @@ def read_exported(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def load_exported(path: str | Path) -> nn.Module:
-    """Rebuild the model class named in the metadata with its hyper-parameters and load the exported weights.
+    """Rebuild the registered model class named in the metadata and load the exported weights.
 
-    An export of only online or only EMA weights leaves the other group at its initial values.
+    Nothing in the file chooses code: the class must be a registered family and the stored arguments must be
+    parameters of its constructor (pipeline.models.loading). An export of only online or only EMA weights leaves
+    the other group at its initial values.
     """
+    from pipeline.models.loading import ModelFileError, build_model
+
     tensors, meta = read_exported(path)
-    module_name, _, class_name = meta["wm_class_path"].rpartition(".")
-    if not module_name:
+    if not meta.get("wm_class_path"):
         raise ExportError(f"{path} does not name its model class; rebuild the model yourself and load the tensors")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    # LightningCLI adds bookkeeping entries such as "_class_path"; they are not constructor arguments
-    hparams = {k: v for k, v in json.loads(meta["hyper_parameters"]).items() if not k.startswith("_")}
-    model = cls(**hparams)
+    try:
+        hparams = json.loads(meta.get("hyper_parameters", "{}"))
+        model = build_model(meta["wm_class_path"], hparams, path)
+    except (ModelFileError, json.JSONDecodeError) as err:
+        raise ExportError(str(err)) from None
     missing, unexpected = model.load_state_dict(tensors, strict=meta["weights"] == "both")
     if unexpected:
-        raise ExportError(f"{path} has weights that {class_name} does not: {unexpected[:5]}")
+        raise ExportError(f"{path} has weights that {type(model).__name__} does not: {unexpected[:5]}")
     return model.eval()
 
 

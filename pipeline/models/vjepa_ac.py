@@ -9,6 +9,7 @@ layer-normed latents of the frozen (or EMA) encoder.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -24,18 +25,12 @@ from pipeline.nn.vit import VideoViT
 
 def load_encoder_weights(encoder: torch.nn.Module, path: str) -> None:
     """Load a V-JEPA checkpoint's target encoder (keys `target_encoder.*`) into `encoder`; weights only."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"encoder checkpoint {path} not found: train one with `wm fit` on configs/vjepa/"
-        ) from None
-    state = ckpt.get("state_dict", ckpt)
-    prefix = "target_encoder."
-    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    if not weights:
-        raise ValueError(f"{path} has no '{prefix}*' weights: expected a VJEPAModule checkpoint")
-    encoder.load_state_dict(weights)
+    from pipeline.models.loading import load_submodule_weights
+    from pipeline.models.vjepa import VJEPAModule
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"encoder checkpoint {path} not found: train one with `wm fit` on configs/vjepa/")
+    load_submodule_weights(encoder, path, "target_encoder.", VJEPAModule)
 
 
 class VJEPAACModule(ScheduledModule):

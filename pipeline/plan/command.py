@@ -9,7 +9,6 @@ predicted final latent are compared with the recorded ones and with random plans
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 import sys
@@ -29,21 +28,10 @@ from pipeline.plan.proposers import ActionSpace, LanguageModelProposer, RandomPr
 
 
 def load_model(ckpt: str | Path, device: str = "cpu") -> torch.nn.Module:
-    """Rebuild a world model from a Lightning checkpoint (class path + hyper-parameters + weights)."""
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; train one with `wm fit` (see configs/rssm/)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    class_path = state.get("wm_class_path")
-    if not class_path:
-        raise ValueError(f"{path} has no 'wm_class_path': not a checkpoint of a pipeline world model")
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    # LightningCLI adds bookkeeping entries such as `_class_path` next to the init arguments
-    hparams = {k: v for k, v in state.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    model = cls(**hparams)
-    model.load_state_dict(state["state_dict"])
-    return model.to(device).eval()
+    """Rebuild a registered world-model family from a Lightning checkpoint (pipeline.models.loading)."""
+    from pipeline.models.loading import load_world_model
+
+    return load_world_model(ckpt, map_location=device)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

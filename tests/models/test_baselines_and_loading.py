@@ -63,10 +63,10 @@ def test_loading_refuses_foreign_or_unknown_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="wm_class_path"):
         load_world_model(tmp_path / "plain.ckpt")
     torch.save({"state_dict": {}, "wm_class_path": "os.system", "hyper_parameters": {}}, tmp_path / "evil.ckpt")
-    with pytest.raises(ValueError, match="outside the pipeline package"):
+    with pytest.raises(ValueError, match="not a registered world-model family"):
         load_world_model(tmp_path / "evil.ckpt")
     torch.save({"state_dict": {}, "wm_class_path": "pipeline.models.protocol.Rollout"}, tmp_path / "x.ckpt")
-    with pytest.raises(ValueError, match="not a WorldModelModule"):
+    with pytest.raises(ValueError, match="not a registered world-model family"):
         load_world_model(tmp_path / "x.ckpt")
 
 

@@ -58,7 +58,7 @@ def test_frozen_encoder_from_a_vjepa_checkpoint_stays_fixed(tmp_path: Path) -> N
     torch.manual_seed(1)
     source = VJEPAModule(frames=8, context_frames=4, pred_dim=32, pred_depth=1, pred_heads=4, **ENC)
     ckpt = tmp_path / "vjepa.ckpt"
-    torch.save({"state_dict": source.state_dict()}, ckpt)
+    torch.save({"state_dict": source.state_dict(), "wm_class_path": "pipeline.models.vjepa.VJEPAModule"}, ckpt)
     m = tiny(encoder_ckpt=str(ckpt), encoder_mode="frozen")
     for a, b in zip(m.encoder.parameters(), source.target_encoder.parameters(), strict=True):
         assert torch.equal(a, b) and not a.requires_grad
@@ -69,7 +69,8 @@ def test_frozen_encoder_from_a_vjepa_checkpoint_stays_fixed(tmp_path: Path) -> N
     assert m.target_encoder is None
     with pytest.raises(FileNotFoundError, match="train one with `wm fit`"):
         tiny(encoder_ckpt=str(tmp_path / "missing.ckpt"))
-    torch.save({"state_dict": {"encoder.x": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    torch.save({"state_dict": {"encoder.x": torch.zeros(1)}, "wm_class_path": "pipeline.models.vjepa.VJEPAModule"},
+               tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="no 'target_encoder"):
         tiny(encoder_ckpt=str(tmp_path / "other.ckpt"))
 
