@@ -7,40 +7,33 @@ pass reads every validation sample exactly once across ranks and that the ranks 
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from pipeline.data.shards import Sample, ShardWriter
-from pipeline.data.sources.encode import encode_frames
 from pipeline.distributed.export import load_exported
 from pipeline.distributed.export import main as export_main
 
-ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-BASE = ["--config", "configs/vjepa/tiny.yaml"]
-
-
-def write_clips(root: Path, count: int = 24, per_shard: int = 4) -> list[str]:
-    """Real mp4 shards of `count` distinct 12-frame 32x32 clips; returns the keys."""
-    rng = np.random.default_rng(0)
-    keys = [f"clip{i:03d}" for i in range(count)]
-    with ShardWriter(root, shard_size=per_shard) as writer:
-        for key in keys:
-            base = rng.integers(0, 255, (1, 4, 4, 3)).astype(np.float32)
-            frames = np.repeat(np.repeat(base, 8, 1), 8, 2) + np.arange(12)[:, None, None, None] * 4
-            meta = {"fps": 10, "num_frames": 12, "width": 32, "height": 32}
-            writer.write(Sample(key=key, mp4=encode_frames(np.clip(frames, 0, 255).astype(np.uint8), 10.0), meta=meta))
-    return keys
+sys.path.insert(0, str(Path(__file__).parent))
+from fit_helpers import (  # noqa: E402
+    BASE,
+    ROOT,
+    check_resume,
+    env,
+    finish,
+    fit_cmd,
+    kill_after,
+    last_ckpt,
+    records,
+    run_config,
+    start,
+    write_clips,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,114 +42,31 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     return root, write_clips(root)
 
 
-def run_config(tmp: Path, shards: Path, steps: int, workers: int, val: bool = False) -> Path:
-    """Overrides of the tiny V-JEPA config for a short run that checkpoints every step."""
-    out = {
-        "model": {"init_args": {"monitor_every": 1000}},
-        "data": {"init_args": {
-            "train_shards": str(shards), "val_shards": str(shards) if val else None, "resolution": 32,
-            "frame_stride": 1, "batch_size": 2, "num_workers": workers, "steps_per_epoch": 4, "val_samples": None,
-            "shuffle_buffer": 4, "decoder": "pyav",
-        }},
-        "trainer": {
-            "max_steps": steps, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "num_sanity_val_steps": 0, "check_val_every_n_epoch": 1 if val else 1000, "default_root_dir": str(tmp),
-            "callbacks": [
-                {"class_path": "pipeline.distributed.guard.NonFiniteGuard"},
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
-                    "dirpath": str(tmp / "ckpt"), "save_last": True, "every_n_train_steps": 1, "save_top_k": 0}},
-                {"class_path": "pipeline.distributed.resume.ResumeState"},
-                {"class_path": "resume_probe.Probe", "init_args": {"out": str(tmp / "probe")}},
-            ],
-        },
-    }  # fmt: skip
-    path = tmp / "run.yaml"
-    tmp.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(out))
-    return path
-
-
-def fit_cmd(trainer: list[str], config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "fit", *trainer, *BASE, "--config", str(config), *extra]
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    # own session: a kill takes the whole job (Lightning's extra ranks and the data workers) with it
-    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
-
-
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert rc == 0, log.read_text()[-4000:]
-
-
-def ckpt_step(path: Path) -> int:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except (FileNotFoundError, EOFError, RuntimeError):
-        return -1
-
-
-def kill_after(proc: subprocess.Popen, ckpt: Path, step: int, timeout: float = 300) -> int:
-    """SIGKILL the job once its last checkpoint has reached `step` optimizer steps; returns the step it holds."""
-    deadline = time.monotonic() + timeout
-    while ckpt_step(ckpt) < step:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    return ckpt_step(ckpt)
-
-
-def records(probe: Path, rank: int, phase: str = "train") -> dict[int, dict]:
-    lines = (probe / f"rank{rank}.jsonl").read_text().splitlines()
-    out: dict[int, dict] = {}
-    for rec in map(json.loads, lines):
-        if rec["phase"] == phase:
-            out.setdefault(rec["step"], rec) if phase == "train" else out.setdefault(len(out), rec)
-    return out
-
-
-def check_resume(straight: Path, resumed: Path, resumed_from: int, steps: int, ranks: int) -> None:
-    # the masks come from the data workers' MaskCollator (configs/vjepa/tiny.yaml), seeded by stream position
-    assert "class_path: pipeline.nn.masks.MaskCollator" in (resumed / "config.yaml").read_text()
-    for rank in range(ranks):
-        a, b = records(straight / "probe", rank), records(resumed / "probe", rank)
-        assert sorted(a) == list(range(steps))
-        assert sorted(b) == list(range(resumed_from, steps)), f"rank {rank} resumed at {sorted(b)[:1]}"
-        for step in range(resumed_from, steps):
-            assert b[step]["keys"] == a[step]["keys"], f"rank {rank} step {step}: other samples after resume"
-            assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), f"rank {rank} step {step}"
-    for rank in range(ranks):
-        torch.testing.assert_close(
-            torch.load(resumed / "probe" / f"rank{rank}.weights.pt", weights_only=True),
-            torch.load(straight / "probe" / f"rank{rank}.weights.pt", weights_only=True), rtol=1e-5, atol=1e-6,
-        )  # fmt: skip
-
-
 def kill_and_resume(tmp: Path, trainer: list[str], shards: Path, steps: int, workers: int, kill_at: int,
                     ranks: int) -> None:  # fmt: skip
+    """The README's resume as a user types it: the same command again with `--ckpt_path last`."""
     straight, broken = tmp / "straight", tmp / "broken"
     finish(start(fit_cmd(trainer, run_config(straight, shards, steps, workers)), tmp / "straight.log"),
            tmp / "straight.log")  # fmt: skip
     config = run_config(broken, shards, steps, workers)
     proc = start(fit_cmd(trainer, config), tmp / "broken.log")
-    held = kill_after(proc, broken / "ckpt" / "last.ckpt", kill_at)
+    held = kill_after(proc, last_ckpt(broken), kill_at)
     assert kill_at <= held < steps, f"killed too late (checkpoint at step {held})"
     (broken / "probe").rename(broken / "probe_before_kill")
-    last = broken / "ckpt" / "last.ckpt"
-    finish(start(fit_cmd(trainer, config, "--ckpt_path", str(last)), tmp / "resumed.log"), tmp / "resumed.log")
+    finish(start(fit_cmd(trainer, config, "--ckpt_path", "last"), tmp / "resumed.log"), tmp / "resumed.log")
+    assert f"resuming from {last_ckpt(broken)}" in (tmp / "resumed.log").read_text()
+    assert sorted(p.name for p in (broken / "lightning_logs").iterdir()) == ["version_0", "version_1"]
     check_resume(straight, broken, held, steps, ranks)
+    check_step_labels(broken / "lightning_logs" / "version_1" / "metrics.csv", held, steps)
+
+
+def check_step_labels(metrics: Path, first: int, steps: int) -> None:
+    """The resumed run logs its training loss at the steps it ran, not shifted by one."""
+    import csv
+
+    with open(metrics) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    assert sorted({int(r["step"]) for r in rows}) == list(range(first, steps))
 
 
 @pytest.mark.multiproc
@@ -193,15 +103,14 @@ def test_two_process_ddp_fit_resumes_exactly(tmp_path: Path, shards: tuple[Path,
     check_replicas(straight / "probe", keys, 2)
     broken = tmp_path / "broken"
     config = run_config(broken, root, 6, 1, val=True)
-    held = kill_after(start(fit_cmd(trainer, config), tmp_path / "broken.log"), broken / "ckpt" / "last.ckpt", 1)
+    held = kill_after(start(fit_cmd(trainer, config), tmp_path / "broken.log"), last_ckpt(broken), 1)
     assert 1 <= held < 6
     (broken / "probe").rename(broken / "probe_before_kill")
-    resumed = start(fit_cmd(trainer, config, "--ckpt_path", str(broken / "ckpt" / "last.ckpt")), tmp_path / "r.log")
-    finish(resumed, tmp_path / "r.log")
+    finish(start(fit_cmd(trainer, config, "--ckpt_path", "last"), tmp_path / "r.log"), tmp_path / "r.log")
     check_resume(straight, broken, held, 6, 2)
     # the DDP checkpoint exports to one file that rebuilds the trained model
     out = tmp_path / "ddp.safetensors"
-    assert export_main(["--ckpt", str(broken / "ckpt" / "last.ckpt"), "--out", str(out)]) == 0
+    assert export_main(["--ckpt", str(last_ckpt(broken)), "--out", str(out)]) == 0
     flat = torch.cat([p.detach().double().flatten() for p in load_exported(out).parameters()])
     assert torch.equal(flat, torch.load(broken / "probe" / "rank0.weights.pt", weights_only=True))
 

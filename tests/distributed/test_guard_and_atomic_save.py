@@ -93,19 +93,3 @@ def test_atomic_save_replaces_whole_files_and_survives_a_crash(tmp_path: Path) -
     assert io.load_checkpoint(path)["step"] == 3
     with pytest.raises(TypeError, match="storage_options"):
         io.save_checkpoint({"step": 4}, path, storage_options={"x": 1})
-
-
-def test_zero_checkpoint_directories_are_swapped_whole(tmp_path: Path) -> None:
-    from pipeline.distributed.strategy import replace_dir
-
-    final, new = tmp_path / "last.ckpt", tmp_path / ".last.ckpt.tmp"
-    (final / "checkpoint").mkdir(parents=True)
-    (final / "checkpoint" / "old.pt").write_text("old")
-    (new / "checkpoint").mkdir(parents=True)
-    (new / "checkpoint" / "new.pt").write_text("new")
-    replace_dir(new, final)
-    assert [p.name for p in (final / "checkpoint").iterdir()] == ["new.pt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
-    (new / "x").mkdir(parents=True)
-    replace_dir(new, tmp_path / "fresh")  # no previous checkpoint
-    assert (tmp_path / "fresh" / "x").is_dir() and not new.exists()
