@@ -4,7 +4,11 @@
   so a misconfigured job stops before any process trains alone.
 - `ZeroStrategy` refuses a machine without CUDA while the config is being instantiated, with one line that says
   what to use instead, rather than a traceback from inside `trainer.fit`.
-- `ZeroStrategy` writes its checkpoint directories atomically (write to a temporary directory, then swap).
+- `ZeroStrategy` commits every checkpoint in one atomic step (pipeline.distributed.checkpoint), and makes
+  DeepSpeed skip optimizer steps with non-finite gradients under bf16 (`check_grad_overflow`).
+- Under SLURM, Lightning's own requeue handler is off: pipeline.distributed.preemption owns the signals.
+- Both take `timeout` (seconds a collective may wait before the run fails) and `options`, passed on to the
+  Lightning strategy as keyword arguments (`config` for a DeepSpeed config dict or JSON file).
 
 Errors are `ConfigError`, a SystemExit: jsonargparse and Lightning let it through, and the process ends with the
 message alone.
@@ -12,18 +16,29 @@ message alone.
 
 from __future__ import annotations
 
+import inspect
 import os
-import shutil
+import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+from lightning.fabric.plugins.environments import ClusterEnvironment, LightningEnvironment, SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy as _LightningDDP
 from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeed
+from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from pipeline.distributed.env import LaunchError, check_rank, check_world, node_rank_from_env
+from pipeline.distributed.checkpoint import save_zero_checkpoint
+from pipeline.distributed.env import (
+    LaunchError,
+    check_rank,
+    check_world,
+    in_srun_step,
+    node_rank_from_env,
+    torchelastic_launched,
+)
 
 
 class ConfigError(SystemExit):
@@ -55,8 +70,40 @@ class DeepSpeedLauncherEnvironment(LightningEnvironment):
         return node_rank_from_env()
 
 
-def _default_environment() -> DeepSpeedLauncherEnvironment | None:
-    return DeepSpeedLauncherEnvironment() if DeepSpeedLauncherEnvironment.detect() else None
+def default_environment() -> ClusterEnvironment | None:
+    """The cluster environment for the launcher that started this process (None: Lightning's own choice).
+
+    - the DeepSpeed launcher: its node rank is CROSS_RANK, which Lightning does not read;
+    - torchrun, also inside an srun step: Lightning's TorchElastic environment (None);
+    - an srun task: SLURM ranks, without Lightning's requeue handler (preemption is handled by our callback);
+    - an allocation's shell or batch script (salloc, sbatch without srun): it holds SLURM_NTASKS of processes
+      that do not exist; Lightning would wait for them, so this process starts them itself.
+    """
+    if DeepSpeedLauncherEnvironment.detect():
+        return DeepSpeedLauncherEnvironment()
+    if torchelastic_launched():
+        return None
+    if in_srun_step() and SLURMEnvironment.detect():
+        return SLURMEnvironment(auto_requeue=False)
+    if "SLURM_NTASKS" in os.environ:
+        return LightningEnvironment()
+    return None
+
+
+def _parameters(*callables: Any) -> set[str]:
+    return {name for c in callables for name in inspect.signature(c).parameters} - {"self", "args", "kwargs"}
+
+
+def _options(allowed: set[str], options: dict[str, Any] | None, owned: set[str], what: str) -> dict[str, Any]:
+    """`options` as keyword arguments of the wrapped strategy; unknown keys or keys set elsewhere fail."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"strategy.init_args.options: {what} has no arguments {unknown}")
+    clash = sorted(set(options) & owned)
+    if clash:
+        raise ConfigError(f"strategy.init_args.options sets {clash}: set them as strategy.init_args keys instead")
+    return options
 
 
 class _WorldCheck:
@@ -85,6 +132,8 @@ class DDPStrategy(_WorldCheck, _LightningDDP):
         static_graph: bool = False,
         gradient_as_bucket_view: bool = True,
         process_group_backend: str | None = None,
+        timeout: float = 1800.0,
+        options: dict[str, Any] | None = None,
     ) -> None:
         """
         Args:
@@ -92,18 +141,27 @@ class DDPStrategy(_WorldCheck, _LightningDDP):
             static_graph: tell DDP the graph is the same every step (enables some optimisations).
             gradient_as_bucket_view: gradients as views into the all-reduce buckets (saves memory).
             process_group_backend: "nccl", "gloo" or None for Lightning's choice (nccl on GPU, gloo on CPU).
+            timeout: seconds a collective may wait for the other ranks before the run fails (NCCL watchdog).
+            options: further keyword arguments of lightning.pytorch.strategies.DDPStrategy (and of
+                DistributedDataParallel, which it passes on), e.g. {"bucket_cap_mb": 100}.
         """
+        owned = {"find_unused_parameters", "static_graph", "gradient_as_bucket_view", "process_group_backend",
+                 "timeout", "cluster_environment"}  # fmt: skip
+        allowed = _parameters(_LightningDDP.__init__, DistributedDataParallel.__init__)
+        extra = _options(allowed, options, owned, "DDPStrategy / DistributedDataParallel")
         super().__init__(
-            cluster_environment=_default_environment(),
+            cluster_environment=default_environment(),
             process_group_backend=process_group_backend,
+            timeout=timedelta(seconds=timeout),
             find_unused_parameters=find_unused_parameters,
             static_graph=static_graph,
             gradient_as_bucket_view=gradient_as_bucket_view,
+            **extra,
         )
 
 
 class ZeroStrategy(_WorldCheck, _LightningDeepSpeed):
-    """DeepSpeed ZeRO stage 2 or 3 (optionally CPU offload); needs CUDA; checkpoint directories written atomically."""
+    """DeepSpeed ZeRO stage 2 or 3 (optionally CPU offload); needs CUDA; every checkpoint committed atomically."""
 
     def __init__(
         self,
@@ -114,6 +172,9 @@ class ZeroStrategy(_WorldCheck, _LightningDeepSpeed):
         reduce_bucket_size: int = 200_000_000,
         pin_memory: bool = True,
         logging_batch_size_per_gpu: int = 1,
+        timeout: float = 1800.0,
+        config: dict[str, Any] | str | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         """
         Args:
@@ -124,12 +185,18 @@ class ZeroStrategy(_WorldCheck, _LightningDeepSpeed):
             reduce_bucket_size: elements per reduce bucket.
             pin_memory: page-lock offloaded tensors (faster host-device copies).
             logging_batch_size_per_gpu: batch size DeepSpeed reports in its own throughput logs.
+            timeout: seconds a collective may wait for the other ranks before the run fails (NCCL watchdog).
+            config: a whole DeepSpeed config (dict or JSON file) instead of the keys above, as Lightning takes it;
+                under bf16 `bf16.check_grad_overflow` is still set unless the config sets it.
+            options: further keyword arguments of lightning.pytorch.strategies.DeepSpeedStrategy.
         """
         require_cuda(f"DeepSpeed ZeRO stage {stage}")
         if stage not in (2, 3):
             raise ConfigError(f"strategy.init_args.stage must be 2 or 3, got {stage}")
         if offload_parameters and stage != 3:
             raise ConfigError("strategy.init_args.offload_parameters needs stage 3")
+        owned = {"stage", "offload_optimizer", "offload_parameters", "allgather_bucket_size", "reduce_bucket_size",
+                 "pin_memory", "logging_batch_size_per_gpu", "timeout", "config", "cluster_environment"}  # fmt: skip
         super().__init__(
             stage=stage,
             offload_optimizer=offload_optimizer,
@@ -138,31 +205,34 @@ class ZeroStrategy(_WorldCheck, _LightningDeepSpeed):
             reduce_bucket_size=reduce_bucket_size,
             pin_memory=pin_memory,
             logging_batch_size_per_gpu=logging_batch_size_per_gpu,
-            cluster_environment=_default_environment(),
+            timeout=timedelta(seconds=timeout),
+            config=config,
+            cluster_environment=default_environment(),
+            **_options(_parameters(_LightningDeepSpeed.__init__), options, owned, "DeepSpeedStrategy"),
         )
 
     @override
+    def _format_config(self) -> None:
+        # Lightning adds {"bf16": {"enabled": True}} for bf16 precision here; DeepSpeed releases differ in
+        # whether bf16 steps with non-finite gradients are skipped unless asked, so ask explicitly
+        super()._format_config()
+        enable_overflow_check(self.config)
+
+    @override
     def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any | None = None) -> None:
-        # every rank writes its shards into the temporary directory; rank 0 swaps it in once all have finished
-        final = Path(filepath)
-        tmp = final.with_name(f".{final.name}.tmp")
-        if self.is_global_zero and tmp.exists():
-            shutil.rmtree(tmp)
-        self.barrier("zero_ckpt_tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        self.barrier("zero_ckpt_written")
-        if self.is_global_zero:
-            replace_dir(tmp, final)
-        self.barrier("zero_ckpt_swapped")
+        """Every rank writes its shards into a new tag of the checkpoint directory; rank 0 commits it."""
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        directory = Path(self.broadcast(str(filepath)))
+        tag = self.broadcast(f"step-{int(checkpoint.get('global_step', 0)):09d}-{secrets.token_hex(3)}")
+        client = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+        save_zero_checkpoint(self.deepspeed_engine, directory, client, tag, self.barrier, self.is_global_zero,
+                             exclude_frozen_parameters=self.exclude_frozen_parameters)  # fmt: skip
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move directory `src` to `dst`, replacing it; at every instant `dst` or `dst.old` is a complete checkpoint."""
-    old = dst.with_name(f".{dst.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old.exists():
-        shutil.rmtree(old)
+def enable_overflow_check(config: dict[str, Any]) -> dict[str, Any]:
+    """Set `bf16.check_grad_overflow` (skip steps with non-finite gradients) where bf16 is on and it is unset."""
+    bf16 = config.get("bf16")
+    if isinstance(bf16, dict) and bf16.get("enabled"):
+        bf16.setdefault("check_grad_overflow", True)
+    return config
