@@ -43,12 +43,12 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 
 def kill_and_resume(tmp: Path, trainer: list[str], shards: Path, steps: int, workers: int, kill_at: int,
-                    ranks: int) -> None:  # fmt: skip
+                    ranks: int, every: int = 1) -> None:  # fmt: skip
     """The README's resume as a user types it: the same command again with `--ckpt_path last`."""
     straight, broken = tmp / "straight", tmp / "broken"
     finish(start(fit_cmd(trainer, run_config(straight, shards, steps, workers)), tmp / "straight.log"),
            tmp / "straight.log")  # fmt: skip
-    config = run_config(broken, shards, steps, workers)
+    config = run_config(broken, shards, steps, workers, every=every)
     proc = start(fit_cmd(trainer, config), tmp / "broken.log")
     held = kill_after(proc, last_ckpt(broken), kill_at)
     assert kill_at <= held < steps, f"killed too late (checkpoint at step {held})"
@@ -57,6 +57,8 @@ def kill_and_resume(tmp: Path, trainer: list[str], shards: Path, steps: int, wor
     assert f"resuming from {last_ckpt(broken)}" in (tmp / "resumed.log").read_text()
     assert sorted(p.name for p in (broken / "lightning_logs").iterdir()) == ["version_0", "version_1"]
     check_resume(straight, broken, held, steps, ranks)
+    epochs = [torch.load(last_ckpt(r), map_location="cpu", weights_only=True)["epoch"] for r in (straight, broken)]
+    assert epochs[0] == epochs[1] == (steps - 1) // 4, "the resumed run counts epochs like the uninterrupted one"
     check_step_labels(broken / "lightning_logs" / "version_1" / "metrics.csv", held, steps)
 
 
@@ -74,6 +76,13 @@ def check_step_labels(metrics: Path, first: int, steps: int) -> None:
 def test_kill_9_mid_epoch_then_resume_reproduces_the_run(tmp_path: Path, shards: tuple[Path, list[str]]) -> None:
     # 4 steps per epoch, 6 steps: killed inside epoch 0, resumed across the epoch boundary, 2 data workers
     kill_and_resume(tmp_path, ["--config", "configs/trainer/cpu.yaml"], shards[0], 6, 2, 1, 1)
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_resume_from_the_last_step_of_an_epoch(tmp_path: Path, shards: tuple[Path, list[str]]) -> None:
+    # the only checkpoint is at step 4, the end of epoch 0: the next epoch's stream and random state must follow
+    kill_and_resume(tmp_path, ["--config", "configs/trainer/cpu.yaml"], shards[0], 6, 2, 4, 1, every=4)
 
 
 DDP_CPU = ["--config", "configs/trainer/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
@@ -127,7 +136,7 @@ def test_two_node_torchrun_fit(tmp_path: Path, shards: tuple[Path, list[str]]) -
     config.write_text(yaml.safe_dump(data))
     port = 29000 + os.getpid() % 1000
     launcher_env = {
-        **env(), "NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}",
+        **env(), "NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}", "ALLOW_LOOPBACK": "1",
         "RDZV_ID": f"test{os.getpid()}", "TORCHRUN": str(Path(sys.executable).with_name("torchrun")),
     }  # fmt: skip
     cmd = ["bash", "launch/torchrun.sh", *DDP_CPU, *BASE, "--config", str(config)]
