@@ -28,7 +28,10 @@ class StreamLoader(DataLoader):
     (worker, sample cursor, skip counts) and keeps it in `records` / `skip_counts` in the main process."""
 
     def __init__(self, stream: ClipStream, num_workers: int, epoch_fn: Callable[[], int] | None = None) -> None:
-        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+        # A generator of its own: each new iterator (every epoch) draws the workers' base seed from it, not from the
+        # global generator, whose state at a step is what a resumed run restores (the stream seeds itself)
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
         self.stream = stream
         self.epoch_fn = epoch_fn
         self.passes = 0

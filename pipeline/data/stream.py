@@ -139,6 +139,17 @@ class ClipStream(torch.utils.data.IterableDataset):
         self.epoch = 0
         self.resume: dict[str, Any] | None = None
 
+    def __len__(self) -> int:
+        """Training batches per epoch on this rank (`steps_per_epoch`); eval streams have no known length.
+
+        With a length, Lightning counts an epoch's batches itself: its progress bar shows the epoch's total, and a
+        checkpoint saved after an epoch's last batch resumes at the next epoch (without one, Lightning's restart
+        counted that epoch twice).
+        """
+        if self.mode != "train":
+            raise TypeError("an eval stream has no length: it reads every sample once")
+        return int(self.steps_per_epoch or 0)
+
     def set_epoch(self, epoch: int) -> None:
         """Start of an epoch: the shard order and sample shuffle are seeded by (seed, epoch)."""
         self.epoch = int(epoch)

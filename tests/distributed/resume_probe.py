@@ -29,6 +29,15 @@ class Probe(pl.Callback):
         with open(self.out / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:  # fmt: skip
+        import hashlib
+
+        rng = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()[:12]
+        weights = float(sum(p.detach().double().sum() for p in pl_module.parameters()))
+        self._write(trainer, {"phase": "start", "step": trainer.global_step, "rng": rng, "weights": weights,
+                              "masks": float(sum(m.double().sum() for m in batch.get("masks_ctx", [])))})
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
