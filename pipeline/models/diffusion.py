@@ -22,7 +22,6 @@ from pipeline.models.protocol import Rollout, to_unit
 from pipeline.nn.autoencoder import FrameAutoencoder, load_frozen_autoencoder
 from pipeline.nn.dit import VideoDiT
 from pipeline.nn.edm import EDM, RectifiedFlow, Sampler, cfg_combine, sample
-from pipeline.nn.ema import ema_update_module_
 
 
 class VideoDiffusionModule(EMAWorldModelModule):
@@ -194,7 +193,7 @@ class VideoDiffusionModule(EMAWorldModelModule):
     def update_ema(self, step: int) -> None:
         # short warmup of the decay so the EMA is not dominated by the random initialisation
         decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-        ema_update_module_(self.ema_net, self.net, decay)
+        self.ema_step("ema_net", self.ema_net, self.net, decay)
 
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
         # fixed noise per batch index makes validation losses comparable across epochs

@@ -1,5 +1,9 @@
 """Modules with EMA copies that follow the optimizer: one EMA update right after each real optimizer step.
 
+The EMA is accumulated in fp32 whatever the module's precision (`ema_master`, saved in the checkpoint as
+`wm_ema_fp32`; per rank under ZeRO-3, where each rank keeps its shards), and it skips every step the
+optimizer skipped: NonFiniteGuard's, and DeepSpeed's own skips of steps with non-finite gradients.
+
 Lightning runs the callbacks' on_train_batch_end (ModelCheckpoint's among them) before the module's, so an
 EMA updated there is saved one update behind and a resumed run drifts from the uninterrupted one. Updating
 inside `optimizer_step` puts the update before any checkpoint of that step: a checkpoint taken after step N
@@ -13,9 +17,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import Tensor, nn
 
-from pipeline.distributed.guard import NonFiniteGuard
+from pipeline.distributed.guard import NonFiniteGuard, deepspeed_engine
 from pipeline.models.base import WorldModelModule
+from pipeline.nn.ema import ema_update_module_
+
+MASTER_KEY = "wm_ema_fp32"
 
 
 def guard_skips(trainer: pl.Trainer) -> int:
@@ -33,8 +41,28 @@ class EMAWorldModelModule(WorldModelModule):
     _skips_seen: int | None = None
 
     def update_ema(self, step: int) -> None:
-        """Update the EMA copies after optimizer step `step` (1 for a run's first step); subclasses implement it."""
+        """Update the EMA copies after optimizer step `step` (1 for a run's first step); subclasses implement it
+        with `ema_step`."""
         raise NotImplementedError
+
+    @property
+    def ema_master(self) -> dict[str, dict[str, Tensor]]:
+        """Per EMA copy, the fp32 accumulators of its low-precision weights (plain tensors, not module state:
+        a precision plugin or DeepSpeed casting the module to bf16 leaves them in fp32)."""
+        return self.__dict__.setdefault("_ema_master", {})
+
+    def ema_step(self, name: str, target: nn.Module, online: nn.Module, momentum: float) -> None:
+        """target <- EMA of online, accumulated in fp32 under `name` (one name per EMA copy)."""
+        ema_update_module_(target, online, momentum, master=self.ema_master.setdefault(name, {}))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[MASTER_KEY] = {n: {k: v.detach().cpu() for k, v in m.items()} for n, m in self.ema_master.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.ema_master.clear()
+        self.ema_master.update({n: dict(m) for n, m in (checkpoint.get(MASTER_KEY) or {}).items()})
 
     def on_train_start(self) -> None:
         self._skips_seen = None  # a guard restored from a checkpoint carries its count over
@@ -53,5 +81,8 @@ class EMAWorldModelModule(WorldModelModule):
             return
         skips = guard_skips(self.trainer)
         skipped, self._skips_seen = skips > self._skips_seen, skips
+        engine = deepspeed_engine(self.trainer)
+        if engine is not None and not engine.was_step_applied():  # DeepSpeed skipped it (non-finite gradients)
+            skipped = True
         if not skipped:
             self.update_ema(self.global_step + 1)  # the trainer counts this step once the hook returns

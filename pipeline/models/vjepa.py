@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from pipeline.models.ema_module import EMAWorldModelModule
 from pipeline.models.protocol import Rollout, to_unit
-from pipeline.nn.ema import ema_update_module_
 from pipeline.nn.losses import collapse_monitors, jepa_l1, normed_targets
 from pipeline.nn.masks import MaskCollator, apply_masks, mix_seed
 from pipeline.nn.predictor import MaskedPredictor, TokenDecoder
@@ -89,7 +88,7 @@ class ScheduledModule(EMAWorldModelModule):
             return
         hp = self.hparams
         m = ema_momentum(step, self.total_steps(), hp.ema_start, hp.ema_final, hp.ema_constant)
-        ema_update_module_(target, self.encoder, m)
+        self.ema_step("target_encoder", target, self.encoder, m)
         self.log("train/ema_momentum", m, on_step=True, on_epoch=False)
 
 

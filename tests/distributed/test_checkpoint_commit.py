@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +114,39 @@ def test_resolve_ckpt_path_last_auto_and_paths(tmp_path: Path) -> None:
     os.utime(old, (1, 1))
     assert resolve_ckpt_path("last", dirs) == resolve_ckpt_path("auto", dirs) == str(new)
     assert resolve_ckpt_path(str(old), dirs) == str(old)
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_real_zero3_checkpoints_killed_at_every_commit_point_stay_resumable(tmp_path: Path) -> None:
+    """DeepSpeed ZeRO-3 on the CPU writes the shards; SIGKILL at each commit point; the next launch loads."""
+    worker = Path(__file__).with_name("zero_commit_worker.py")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "RANK": "0", "LOCAL_RANK": "0",
+           "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "PYTHONPATH": str(root)}  # fmt: skip
+    dirs = []
+    for point in POINTS:
+        if point == "file_written":
+            continue  # inside write_atomic, covered above; the ZeRO points around it follow
+        directory = tmp_path / point / "last.ckpt"
+        directory.parent.mkdir()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        proc = subprocess.run([sys.executable, str(worker), "save", str(directory), point], cwd=root,
+                              env={**env, "MASTER_PORT": port}, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, (proc.stdout + proc.stderr)[-3000:]
+        dirs.append(directory)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    proc = subprocess.run([sys.executable, str(worker), "check", *map(str, dirs)], cwd=root,
+                          env={**env, "MASTER_PORT": port}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = {"tag_written": ("step-2", ["A"], ["step-4"]), "latest_replaced": ("step-4", ["B"], ["step-2"]),
+                "old_tags_removed": ("step-4", ["B"], [])}  # fmt: skip
+    assert sorted(results) == sorted(expected)
+    for point, (tag, holds, removed) in expected.items():
+        got = results[point]
+        assert (got["tag"], got["holds"], got["removed"], got["left"]) == (tag, holds, removed, [tag]), point

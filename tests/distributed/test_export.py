@@ -137,3 +137,20 @@ def test_zero3_ema_with_pipeline_nn_ema_alone(zero_run: Path) -> None:
     # the run has persistent parameters: updating their shards alone leaves the full copies one update behind
     shards_only = json.loads((zero_run / "zero3_shards_only.json").read_text())
     assert shards_only["partitioned"] and shards_only["ema_max_abs_error"] > 1e-3
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_zero3_bf16_ema_moves_wherever_the_fp32_reference_moves(zero_run: Path) -> None:
+    result = json.loads((zero_run / "zero3_bf16.json").read_text())
+    assert result["world_size"] == 2 and result["partitioned"] and result["dtype"] == "torch.bfloat16"
+    assert result["moved_by_reference"] > 1000 and result["frozen_where_reference_moved"] == 0
+    assert result["target_reference_max_abs_error"] < 2e-2  # bf16 rounding of values up to ~1
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_zero3_bf16_nan_on_one_rank_is_skipped_on_every_rank_and_counted(zero_run: Path) -> None:
+    ranks = json.loads((zero_run / "zero3_bf16.json").read_text())["ranks"]
+    assert [r["skipped_at"] for r in ranks] == [[50], [50]]  # DeepSpeed's overflow check spans the ranks
+    assert [(r["engine_skipped"], r["guard_skipped"], r["finite"]) for r in ranks] == [(1, 1, True)] * 2

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -86,3 +88,49 @@ def test_full_copy_ignores_plain_and_released_parameters() -> None:
     view = nn.Parameter(torch.ones(6))
     view.ds_tensor, view.ds_numel = view.data.view(-1), 6  # world size 1 sharing storage: one update, not two
     assert full_copy(view) is None
+
+
+
+def _bf16_ema_run(master: dict | None, steps: int = 2000) -> tuple[nn.Module, ...]:
+    """(bf16 EMA copy, fp32 reference EMA, the bf16 copy's initial values, the fp32 initial values) after `steps`
+    updates from online weights drifting like training, over the real V-JEPA momentum schedule (0.998 -> 1.0)."""
+    from pipeline.nn.schedules import ema_momentum
+
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Linear(32, 64), nn.LayerNorm(64), nn.Linear(64, 16))
+    reference = copy.deepcopy(online)
+    initial = copy.deepcopy(online)
+    target = copy.deepcopy(online).to(torch.bfloat16)  # what DeepSpeed bf16 does to the whole module
+    start = copy.deepcopy(target)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            for p in online.parameters():
+                p.add_(torch.randn(p.shape, generator=gen), alpha=1e-3)
+        m = ema_momentum(step, steps, 0.998, 1.0)
+        ema_update_module_(reference, online, m)
+        ema_update_module_(target, online, m, master=master)
+    return target, reference, start, initial
+
+
+def test_a_bf16_ema_without_fp32_accumulation_freezes() -> None:
+    frozen, _, start, _ = _bf16_ema_run(master=None)
+    stuck = sum((a == b).sum().item() for a, b in zip(frozen.parameters(), start.parameters(), strict=True))
+    assert stuck / sum(p.numel() for p in start.parameters()) > 0.5
+    assert torch.equal(frozen[1].weight, start[1].weight)  # LayerNorm gains never move
+
+
+def test_bf16_ema_accumulates_in_fp32_and_moves_wherever_the_reference_moves() -> None:
+    master: dict = {}
+    target, reference, start, initial = _bf16_ema_run(master=master)
+    params = zip(target.parameters(), reference.parameters(), start.parameters(), initial.parameters(), strict=True)
+    for i, (t, r, s, r0) in enumerate(params):
+        acc = master[f"shard.{i}"]
+        assert t.dtype == torch.bfloat16 and acc.dtype == torch.float32
+        # the accumulator starts from the bf16-rounded weights (the fp32 ones are gone after the cast); beyond that
+        # initial rounding error, decayed by the momentum, it is the fp32 reference
+        assert ((acc - r).abs() <= (s.float() - r0).abs() + 1e-6).all()
+        half_ulp = r.abs() * 2.0**-8
+        assert ((t.float() - r).abs() <= half_ulp + (s.float() - r0).abs() + 1e-6).all()  # the reference, rounded
+        moved = (r - s.float()).abs() > 2 * half_ulp  # the reference moved by more than bf16 can hide
+        assert moved.float().mean() > 0.5 and (t != s)[moved].all()
