@@ -63,6 +63,7 @@ def run_config(tmp: Path, shards: Path, steps: int, workers: int, val: bool = Fa
                     "save_last": True, "every_n_train_steps": every, "save_top_k": 0}},
                 {"class_path": "pipeline.distributed.resume.ResumeState"},
                 {"class_path": "pipeline.distributed.preemption.Preemption"},
+                {"class_path": "pipeline.distributed.run_stats.RunStats", "init_args": {"every_n_steps": 1}},
                 {"class_path": "resume_probe.Probe", "init_args": {"out": str(tmp / "probe")}},
             ],
         },
@@ -148,3 +149,21 @@ def check_resume(straight: Path, resumed: Path, resumed_from: int, steps: int, r
         )  # fmt: skip
 
 
+
+
+def check_run_stats(run: Path, ranks: int) -> None:
+    """Per-rank throughput and data wait were logged, and device-hours grew across the restart."""
+    import csv
+
+    hours = []
+    for version in sorted((run / "lightning_logs").iterdir()):
+        with open(version / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("perf/device_hours")]
+        assert rows, f"no perf/ metrics in {version}"
+        for rank in range(ranks):
+            assert all(float(r[f"perf/rank{rank}/samples_per_s"]) > 0 for r in rows)
+            assert all(0.0 <= float(r[f"perf/rank{rank}/data_wait"]) <= 1.0 for r in rows)
+        hours.append([float(r["perf/device_hours"]) for r in rows])
+    saved = torch.load(last_ckpt(run), map_location="cpu", weights_only=True)["callbacks"]
+    stats = next(v for k, v in saved.items() if k.startswith("RunStats"))
+    assert hours[-1][0] > hours[0][-1] > 0 and stats["device_hours"] >= hours[-1][-1]

@@ -24,6 +24,7 @@ from fit_helpers import (  # noqa: E402
     BASE,
     ROOT,
     check_resume,
+    check_run_stats,
     env,
     finish,
     fit_cmd,
@@ -60,6 +61,7 @@ def kill_and_resume(tmp: Path, trainer: list[str], shards: Path, steps: int, wor
     epochs = [torch.load(last_ckpt(r), map_location="cpu", weights_only=True)["epoch"] for r in (straight, broken)]
     assert epochs[0] == epochs[1] == (steps - 1) // 4, "the resumed run counts epochs like the uninterrupted one"
     check_step_labels(broken / "lightning_logs" / "version_1" / "metrics.csv", held, steps)
+    check_run_stats(broken, ranks)
 
 
 def check_step_labels(metrics: Path, first: int, steps: int) -> None:
@@ -117,6 +119,7 @@ def test_two_process_ddp_fit_resumes_exactly(tmp_path: Path, shards: tuple[Path,
     (broken / "probe").rename(broken / "probe_before_kill")
     finish(start(fit_cmd(trainer, config, "--ckpt_path", "last"), tmp_path / "r.log"), tmp_path / "r.log")
     check_resume(straight, broken, held, 6, 2)
+    check_run_stats(broken, 2)
     # the DDP checkpoint exports to one file that rebuilds the trained model
     out = tmp_path / "ddp.safetensors"
     assert export_main(["--ckpt", str(last_ckpt(broken)), "--out", str(out)]) == 0
