@@ -126,6 +126,40 @@ class Preemption(pl.Callback):
         trainer.should_stop = True
 
 
+class ExceptionCheckpoint(pl.Callback):
+    """Save `ROOT/checkpoints/on_exception.ckpt` when training stops on an exception, where that is safe.
+
+    Safe: in a one-process run (a crash, a KeyboardInterrupt), or on NonFiniteLossError, which every rank raises
+    after the same step. Any other exception in a multi-process run happens on some ranks only, while the others
+    wait in a collective: a save (itself collective) would hang, so the run ends with its last regular checkpoint.
+    The exception is raised before an optimizer step changes the weights, so the file holds the last completed
+    step; `--ckpt_path last` resumes it when it is the newest checkpoint.
+    """
+
+    def __init__(self, filename: str = "on_exception") -> None:
+        """
+        Args:
+            filename: checkpoint name in the run's checkpoint directory.
+        """
+        self.filename = filename
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        from pipeline.distributed.guard import NonFiniteLossError
+
+        if not trainer.training or trainer.sanity_checking or trainer.global_step == 0:
+            return
+        if trainer.world_size > 1 and not isinstance(exception, NonFiniteLossError):
+            if trainer.is_global_zero:
+                print(f"wm: {type(exception).__name__} on a multi-process run: no checkpoint on exception "
+                      "(resume from the last regular one)", flush=True)  # fmt: skip
+            return
+        path = checkpoint_dir(trainer) / f"{self.filename}.ckpt"
+        trainer.save_checkpoint(path)
+        mark_saved(trainer, path)
+        if trainer.is_global_zero:
+            print(f"wm: {type(exception).__name__}: saved {path} at step {trainer.global_step}", flush=True)
+
+
 def mark_saved(trainer: pl.Trainer, path: Path) -> None:
     """Tell the ModelCheckpoint callbacks that this step is saved, as `path`.
 

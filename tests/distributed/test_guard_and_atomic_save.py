@@ -9,8 +9,10 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from pipeline.distributed.checkpoint import newest_checkpoint
 from pipeline.distributed.checkpoint_io import AtomicCheckpointIO
 from pipeline.distributed.guard import NonFiniteGuard, NonFiniteLossError
+from pipeline.distributed.preemption import ExceptionCheckpoint
 
 
 class PoisonedModel(BoringModel):
@@ -93,3 +95,43 @@ def test_atomic_save_replaces_whole_files_and_survives_a_crash(tmp_path: Path) -
     assert io.load_checkpoint(path)["step"] == 3
     with pytest.raises(TypeError, match="storage_options"):
         io.save_checkpoint({"step": 4}, path, storage_options={"x": 1})
+
+
+class CrashingModel(PoisonedModel):
+    """Raises RuntimeError in the training step of global step `at`."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__({})
+        self.at = at
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        if self.global_step == self.at:
+            raise RuntimeError("disk on fire")
+        return super().training_step(batch, batch_idx)
+
+
+def _fit_with_exception_checkpoint(model: PoisonedModel, guard: NonFiniteGuard, root: Path) -> Path:
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=20, callbacks=[guard, ExceptionCheckpoint()], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+    )  # fmt: skip
+    with pytest.raises((RuntimeError, NonFiniteLossError)):
+        trainer.fit(model)
+    return root / "checkpoints" / "on_exception.ckpt"
+
+
+def test_a_crash_leaves_a_checkpoint_of_the_last_completed_step(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = CrashingModel(at=4)
+    ckpt = _fit_with_exception_checkpoint(model, NonFiniteGuard(), tmp_path)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == 4 and len(model.weights) == 4
+    assert torch.equal(saved["state_dict"]["layer.weight"], model.weights[-1])
+    assert newest_checkpoint([ckpt.parent]) == ckpt  # what --ckpt_path last resumes
+
+
+def test_the_guard_stopping_a_run_leaves_a_checkpoint(tmp_path: Path) -> None:
+    model = PoisonedModel({s: float("nan") for s in range(3, 100)})
+    ckpt = _fit_with_exception_checkpoint(model, NonFiniteGuard(max_consecutive=2), tmp_path)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == 4 and torch.isfinite(saved["state_dict"]["layer.weight"]).all()

@@ -93,3 +93,37 @@ def test_zero_strategy_rejects_bad_stage(monkeypatch: pytest.MonkeyPatch) -> Non
         ZeroStrategy(stage=1)
     with pytest.raises(ConfigError, match="offload_parameters needs stage 3"):
         ZeroStrategy(stage=2, offload_parameters=True)
+
+
+def test_strategies_take_a_timeout_and_pass_options_through() -> None:
+    from datetime import timedelta
+
+    from pipeline.distributed.strategy import ConfigError, DDPStrategy
+
+    ddp = DDPStrategy(timeout=90.0, options={"bucket_cap_mb": 10, "start_method": "spawn"})
+    assert ddp._timeout == timedelta(seconds=90) and ddp._ddp_kwargs["bucket_cap_mb"] == 10
+    assert ddp._start_method == "spawn"
+    with pytest.raises(ConfigError, match=r"has no arguments \['bucket_size'\]"):
+        DDPStrategy(options={"bucket_size": 1})
+    with pytest.raises(ConfigError, match=r"sets \['timeout'\]"):
+        DDPStrategy(options={"timeout": 5})
+
+
+def test_deepspeed_bf16_skips_non_finite_steps_and_the_hooks_it_relies_on_exist() -> None:
+    """ZeroStrategy overrides Lightning's `_format_config` and commits with DeepSpeed's `save_latest=False`; an
+    upgrade that renames either fails here rather than silently keeping non-finite steps or DeepSpeed's own
+    non-atomic `latest` file."""
+    import inspect
+
+    from deepspeed import DeepSpeedEngine
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    from pipeline.distributed.strategy import enable_overflow_check
+
+    on = enable_overflow_check({"bf16": {"enabled": True}})
+    assert on == {"bf16": {"enabled": True, "check_grad_overflow": True}}
+    kept = enable_overflow_check({"bf16": {"enabled": True, "check_grad_overflow": False}})
+    assert kept["bf16"]["check_grad_overflow"] is False
+    assert enable_overflow_check({"fp16": {"enabled": True}}) == {"fp16": {"enabled": True}}
+    assert "self._format_config()" in inspect.getsource(DeepSpeedStrategy._init_config_if_needed)
+    assert "save_latest" in inspect.signature(DeepSpeedEngine.save_checkpoint).parameters
