@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +68,71 @@ def prepare_fit(trainer: pl.Trainer, ckpt_path: str | None) -> str | None:
     return resolved
 
 
+def quiet_lightning() -> None:
+    """Drop Lightning's advertising and the LightningCLI notes that do not apply to `wm` (it passes its arguments)."""
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
+    warnings.filterwarnings("ignore", message=r"Starting from v1\.9\.0, `tensorboardX` has been removed")
+    # the train stream's length is exact: every worker yields its own quota of the epoch's batches
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    # Lightning's own use of a torch API torch deprecated; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        handler.addFilter(lambda record: not record.getMessage().startswith("💡 Tip:"))
+
+
+def closing_line(trainer: pl.Trainer, seconds: float) -> str:
+    """Where a finished fit left its checkpoints, metrics and logs, in one line."""
+    parts = [f"wm fit: {trainer.global_step} steps in {seconds:.0f} s"]
+    ckpt = trainer.checkpoint_callback
+    last = Path(ckpt.last_model_path) if getattr(ckpt, "last_model_path", "") else None
+    if last is not None and last.exists():
+        parts.append(f"checkpoint {last} (resume: the same command with --ckpt_path last)")
+    elif ckpt is not None and ckpt.dirpath:
+        parts.append(f"checkpoints in {ckpt.dirpath}")
+    logger = trainer.logger
+    if logger is not None and logger.log_dir:
+        metrics = Path(logger.log_dir) / "metrics.csv"
+        parts.append(f"metrics {metrics}" if metrics.exists() else f"logs {logger.log_dir}")
+    return "; ".join(parts)
+
+
+def check_data(datamodule: pl.LightningDataModule | None, stage: str) -> None:
+    """Stop with one line when the data module's shards for `stage` are missing, before any process starts."""
+    from pipeline.data.stream import check_shards, list_shards
+
+    keys = ["train_shards", "val_shards"] if stage == "fit" else ["val_shards"]
+    for key in keys:
+        spec = getattr(datamodule, key, None)
+        if not spec:
+            continue
+        try:
+            check_shards(list_shards(spec, getattr(datamodule, "allow_pipe", False)), retries=0)
+        except (FileNotFoundError, RuntimeError) as err:
+            hint = ""
+            if "data/sample" in str(spec):
+                hint = "; build the bundled sample corpus with `wm shards sample --out data/sample`"
+            raise ConfigError(f"data.init_args.{key}: {err}{hint}") from None
+
+
 class WorldModelCLI(LightningCLI):
     """LightningCLI that sets the thread budget, and for `fit` fixes the checkpoint directories and resolves
-    `--ckpt_path`, before the subcommand runs."""
+    `--ckpt_path` before the run and says where everything went after it."""
+
+    _started = 0.0
 
     def _prepare(self) -> None:
+        check_data(self.datamodule, self.subcommand)
         configure_threads(self.trainer, self.datamodule)
 
     def before_fit(self) -> None:
         self._prepare()
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = prepare_fit(self.trainer, config.get("ckpt_path"))
+        self._started = time.monotonic()
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(closing_line(self.trainer, time.monotonic() - self._started), flush=True)
 
     def before_validate(self) -> None:
         self._prepare()
@@ -99,6 +156,7 @@ def run_lightning(argv: list[str]) -> int:
 
     sys.argv is left as it is: Lightning's DDP launcher starts the other ranks by re-running it.
     """
+    quiet_lightning()
     WorldModelCLI(args=argv, **CLI_ARGS)
     return 0
 
@@ -110,6 +168,7 @@ def build_cli(args: list[str]) -> LightningCLI:
     caller's own command line is hidden from LightningCLI while it parses. The thread budget is set
     as `wm fit` sets it.
     """
+    quiet_lightning()
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         cli = WorldModelCLI(args=args, run=False, **CLI_ARGS)
