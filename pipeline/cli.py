@@ -29,7 +29,7 @@ def usage() -> str:
     lines = ["usage: wm COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<12} LightningCLI {name} (--config YAML, any key overridable)" for name in LIGHTNING]
     lines += [f"  {name:<12} {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Run `wm COMMAND --help` for the options of one command."]
+    lines += ["", "Run `wm COMMAND --help` for the options of one command; `wm --version` prints the version."]
     return "\n".join(lines)
 
 
@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        import pipeline
+
+        print(f"wm (world-model-pipeline) {pipeline.__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name in LIGHTNING:

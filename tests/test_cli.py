@@ -22,3 +22,10 @@ def test_unknown_command_fails_with_usage(capsys) -> None:
 def test_console_script_runs() -> None:
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "wm COMMAND" in proc.stdout
+
+
+def test_version(capsys) -> None:
+    import pipeline
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"wm (world-model-pipeline) {pipeline.__version__}"
