@@ -219,7 +219,8 @@ def bench_config(args: argparse.Namespace, overrides: list[str]) -> dict[str, An
     return cfg
 
 
-def run(cfg: dict[str, Any], warmup: int) -> tuple[pl.Trainer, StepTimer, int]:
+def run(cfg: dict[str, Any], warmup: int, extra_callbacks: list[pl.Callback] | None = None
+        ) -> tuple[pl.Trainer, StepTimer, int]:  # fmt: skip
     """Fit the configured run; return the trainer, the timer and the per-rank batch size."""
     from lightning.pytorch.cli import LightningCLI
 
@@ -231,8 +232,11 @@ def run(cfg: dict[str, Any], warmup: int) -> tuple[pl.Trainer, StepTimer, int]:
         )  # fmt: skip
     finally:
         sys.argv = argv
+    from pipeline.train_cli import configure_threads
+
+    configure_threads(cli.trainer, cli.datamodule)  # the threads `wm fit` would run with
     timer = StepTimer(warmup=warmup, flop_step=max(0, warmup - 1))
-    cli.trainer.callbacks.append(timer)
+    cli.trainer.callbacks.extend([timer, *(extra_callbacks or [])])
     cli.trainer.fit(cli.model, cli.datamodule)
     dm = cli.datamodule
     batch = getattr(dm, "batch_size", None) or dm.hparams.get("batch_size")

@@ -85,4 +85,5 @@ class EMAWorldModelModule(WorldModelModule):
         if engine is not None and not engine.was_step_applied():  # DeepSpeed skipped it (non-finite gradients)
             skipped = True
         if not skipped:
-            self.update_ema(self.global_step + 1)  # the trainer counts this step once the hook returns
+            with torch.profiler.record_function("wm.ema"):  # a phase of `wm bench profile`
+                self.update_ema(self.global_step + 1)  # the trainer counts this step once the hook returns

@@ -34,10 +34,11 @@ def apply_masks(x: Tensor, masks: Tensor | Sequence[Tensor]) -> Tensor:
     masks: [B, K] long indices into N, or a sequence of M such tensors (same K).
     returns [B, K, ...], or [M * B, K, ...] for a sequence (mask-major, as in the V-JEPA code).
     """
-    if isinstance(masks, Tensor):
-        idx = masks.reshape(*masks.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
-        return torch.gather(x, 1, idx)
-    return torch.cat([apply_masks(x, m) for m in masks], dim=0)
+    with torch.profiler.record_function("wm.masks"):  # a phase of `wm bench profile`
+        if isinstance(masks, Tensor):
+            idx = masks.reshape(*masks.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+            return torch.gather(x, 1, idx)
+        return torch.cat([apply_masks(x, m) for m in masks], dim=0)
 
 
 @dataclass(frozen=True)
