@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+torch.set_num_threads(1)  # see pipeline/distributed/threads.py: 2 threads next to any other busy process crawl
 
 
 @pytest.fixture(scope="session")
