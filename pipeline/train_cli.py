@@ -74,6 +74,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"Starting from v1\.9\.0, `tensorboardX` has been removed")
     # the train stream's length is exact: every worker yields its own quota of the epoch's batches
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    # the data module restores the stream position of a mid-epoch checkpoint itself (ShardDataModule.state_dict)
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     # Lightning's own use of a torch API torch deprecated; nothing a user can act on
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     for handler in logging.getLogger("lightning.pytorch").handlers:

@@ -6,7 +6,7 @@ Every checkpoint is committed by one atomic step, so a kill at any point leaves 
   hpc-version parser read `.hpc_ckpt_2.ckpt.tmp4242` as version 24242);
 - a DeepSpeed ZeRO checkpoint is a directory of tags (`step-N/`, one per save) and a `latest` file naming the
   complete one (DeepSpeed's own layout); `latest` is replaced atomically after every rank has written its
-  shards, and only then are older tags removed (`commit_zero_tag`).
+  shards, and only then are older tags removed (`commit_tag`).
 Temporary files and uncommitted tags left by a killed run are removed when the next run starts.
 """
 
@@ -58,7 +58,7 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def zero_tag(directory: Path) -> str | None:
+def committed_tag(directory: Path) -> str | None:
     """The committed tag of a ZeRO checkpoint directory (its `latest` file), None if there is none."""
     latest = directory / LATEST
     if not latest.is_file():
@@ -67,7 +67,7 @@ def zero_tag(directory: Path) -> str | None:
     return tag if tag and (directory / tag).is_dir() else None
 
 
-def commit_zero_tag(directory: Path, tag: str) -> None:
+def commit_tag(directory: Path, tag: str) -> None:
     """Point `directory/latest` at `tag` (already written by every rank), then remove every other tag.
 
     Called on one rank after a barrier that follows the shard writes. At each instant `latest` names a
@@ -96,7 +96,7 @@ def remove_stale(directory: Path) -> list[Path]:
             shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
         elif child.is_dir() and child.suffix == ".ckpt":
             removed += remove_stale(child)  # a ZeRO checkpoint's own temporaries
-            tag = zero_tag(child)  # None: no save of it was ever committed, so no tag of it is complete
+            tag = committed_tag(child)  # None: no save of it was ever committed, so no tag of it is complete
             for sub in child.iterdir():
                 if sub.is_dir() and sub.name != tag:
                     removed.append(sub)
@@ -108,7 +108,7 @@ def is_complete(path: Path) -> bool:
     """A checkpoint file (files are only ever renamed into place), or a ZeRO directory with a committed tag."""
     if path.is_file():
         return path.stat().st_size > 0
-    return path.is_dir() and zero_tag(path) is not None
+    return path.is_dir() and committed_tag(path) is not None
 
 
 def _saved_at(path: Path) -> float:
@@ -137,7 +137,7 @@ def save_zero_checkpoint(
     is_rank_zero: bool,
     exclude_frozen_parameters: bool = False,
 ) -> None:
-    """Save a DeepSpeed engine's checkpoint as tag `tag` of `directory` and commit it (see commit_zero_tag).
+    """Save a DeepSpeed engine's checkpoint as tag `tag` of `directory` and commit it (see commit_tag).
 
     Every rank calls this with the same `tag` (unique per save). DeepSpeed writes the shards without touching
     `latest`; once all ranks have written, rank 0 commits.
@@ -149,7 +149,7 @@ def save_zero_checkpoint(
     )  # fmt: skip
     barrier("zero_checkpoint_written")
     if is_rank_zero:
-        commit_zero_tag(directory, tag)
+        commit_tag(directory, tag)
     barrier("zero_checkpoint_committed")
 
 

@@ -1,7 +1,8 @@
 """`wm export`: one safetensors file of weights (online, EMA or both) plus the model config, from any checkpoint.
 
-Reads a Lightning `.ckpt` file (single device, DDP) or a DeepSpeed ZeRO stage 2/3 checkpoint directory (the
-shards are consolidated with DeepSpeed's zero_to_fp32). The metadata records the model class path and its
+Reads a Lightning `.ckpt` file (single device, DDP), a DeepSpeed ZeRO stage 2/3 checkpoint directory (the
+shards are consolidated with DeepSpeed's zero_to_fp32) or an FSDP2 distributed checkpoint (consolidated with
+torch.distributed.checkpoint). The metadata records the model class path and its
 hyper-parameters, so `load_exported` rebuilds the module from the file alone. Checkpoints are read as data:
 every torch.load runs with weights_only=True, including the ones inside DeepSpeed's consolidation.
 """
@@ -79,10 +80,41 @@ def consolidate_zero(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any]
     return state, {k: v for k, v in client.items() if k not in DEEPSPEED_KEYS}
 
 
+def consolidate_dcp(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(full state dict, the checkpoint's other entries) of an FSDP2 distributed checkpoint directory (its committed
+    tag): Lightning writes the tensors as a torch distributed checkpoint and the rest to meta.pt."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from pipeline.distributed.checkpoint import committed_tag
+
+    tag = committed_tag(directory)
+    shards = directory / tag if tag else directory
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(shards), f"{tmp}/full.pt")
+        full = torch.load(f"{tmp}/full.pt", map_location="cpu", weights_only=True)
+    meta_file = shards / "meta.pt"
+    meta = torch.load(meta_file, map_location="cpu", weights_only=True) if meta_file.is_file() else {}
+    return dict(full["state_dict"]), meta
+
+
+def is_dcp(directory: Path) -> bool:
+    """Whether a checkpoint directory (or its committed tag) is a torch distributed checkpoint (FSDP2)."""
+    from pipeline.distributed.checkpoint import committed_tag
+
+    tag = committed_tag(directory)
+    return ((directory / tag) if tag else directory).joinpath(".metadata").is_file()
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(state dict, info) of a Lightning .ckpt file or a ZeRO checkpoint directory; info has the model config."""
+    """(state dict, info) of a Lightning .ckpt file, a ZeRO or an FSDP2 checkpoint directory; info has the model
+    config."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and is_dcp(path):
+        state, client = consolidate_dcp(path)
+        kind = "fsdp2"
+    elif path.is_dir():
         state, client = consolidate_zero(path)
         kind = "zero"
     elif path.is_file():

@@ -17,5 +17,14 @@ class WorldModelModule(pl.LightningModule):
 
     context_frames: int = 1
 
+    def configure_model(self) -> None:
+        """Shard the model when the strategy is FSDP2 (pipeline.distributed.fsdp); nothing otherwise."""
+        from pipeline.distributed.fsdp import FSDP2Strategy
+
+        trainer = self._trainer
+        if trainer is not None and isinstance(trainer.strategy, FSDP2Strategy) and not getattr(self, "_sharded", False):
+            trainer.strategy.shard(self)
+            self._sharded = True
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["wm_class_path"] = f"{type(self).__module__}.{type(self).__qualname__}"

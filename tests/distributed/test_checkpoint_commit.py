@@ -17,13 +17,13 @@ from lightning.pytorch.trainer.connectors.checkpoint_connector import _Checkpoin
 from pipeline.distributed import checkpoint
 from pipeline.distributed.checkpoint import (
     ResumeError,
-    commit_zero_tag,
+    commit_tag,
+    committed_tag,
     newest_checkpoint,
     partial_path,
     remove_stale,
     resolve_ckpt_path,
     write_atomic,
-    zero_tag,
 )
 from pipeline.distributed.checkpoint_io import AtomicCheckpointIO
 
@@ -57,15 +57,15 @@ def test_a_kill_at_any_zero_commit_point_leaves_a_complete_checkpoint(tmp_path: 
     ckpt = zero_dir(tmp_path / "last.ckpt", {"step-1": "one", "step-2": "two"}, latest="step-1")
     kill_at(monkeypatch, point)
     with pytest.raises(Killed):
-        commit_zero_tag(ckpt, "step-2")
+        commit_tag(ckpt, "step-2")
     monkeypatch.setattr(checkpoint, "commit_hook", lambda name: None)
-    tag = zero_tag(ckpt)
+    tag = committed_tag(ckpt)
     assert tag in ("step-1", "step-2")
     content = {"step-1": "one", "step-2": "two"}[tag]
     assert (ckpt / tag / "zero_pp_rank_0_mp_rank_00_model_states.pt").read_text() == content
     assert tag == ("step-1" if point in ("tag_written", "file_written") else "step-2")
     remove_stale(tmp_path)  # what the next launch does first
-    assert zero_tag(ckpt) == tag and sorted(p.name for p in ckpt.iterdir()) == sorted([tag, "latest"])
+    assert committed_tag(ckpt) == tag and sorted(p.name for p in ckpt.iterdir()) == sorted([tag, "latest"])
     assert newest_checkpoint([tmp_path]) == ckpt
 
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.distributed import checkpoint
-from pipeline.distributed.checkpoint import remove_stale, save_zero_checkpoint, zero_tag
+from pipeline.distributed.checkpoint import committed_tag, remove_stale, save_zero_checkpoint
 
 
 def engine() -> deepspeed.DeepSpeedEngine:
@@ -72,7 +72,7 @@ def main() -> None:
         eng.load_checkpoint(str(directory))
         weights = flat(eng)
         held = [name for name in "AB" if torch.equal(weights, torch.load(directory.with_suffix(f".{name}.pt")))]
-        results[directory.parent.name] = {"tag": zero_tag(directory), "holds": held, "removed": removed,
+        results[directory.parent.name] = {"tag": committed_tag(directory), "holds": held, "removed": removed,
                                    "left": sorted(p.name for p in directory.iterdir() if p.is_dir())}  # fmt: skip
     print(json.dumps(results), flush=True)
 
