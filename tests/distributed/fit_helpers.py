@@ -39,7 +39,8 @@ def write_clips(root: Path, count: int = 24, per_shard: int = 4) -> list[str]:
     return keys
 
 
-def run_config(tmp: Path, shards: Path, steps: int, workers: int, val: bool = False, every: int = 1) -> Path:
+def run_config(tmp: Path, shards: Path, steps: int, workers: int, val: bool = False, every: int = 1,
+               stop_at: int | None = None) -> Path:  # fmt: skip
     """Overrides of the tiny V-JEPA config for a short run that checkpoints every `every` steps.
 
     The callbacks are the trainer configs' (guard, checkpoint without a dirpath, resume state, preemption) plus the
@@ -64,7 +65,7 @@ def run_config(tmp: Path, shards: Path, steps: int, workers: int, val: bool = Fa
                 {"class_path": "pipeline.distributed.resume.ResumeState"},
                 {"class_path": "pipeline.distributed.preemption.Preemption"},
                 {"class_path": "pipeline.distributed.run_stats.RunStats", "init_args": {"every_n_steps": 1}},
-                {"class_path": "resume_probe.Probe", "init_args": {"out": str(tmp / "probe")}},
+                {"class_path": "resume_probe.Probe", "init_args": {"out": str(tmp / "probe"), "stop_at": stop_at}},
             ],
         },
     }  # fmt: skip
@@ -141,6 +142,7 @@ def check_resume(straight: Path, resumed: Path, resumed_from: int, steps: int, r
         assert sorted(b) == list(range(resumed_from, steps)), f"rank {rank} resumed at {sorted(b)[:1]}"
         for step in range(resumed_from, steps):
             assert b[step]["keys"] == a[step]["keys"], f"rank {rank} step {step}: other samples after resume"
+            assert b[step]["epoch"] == a[step]["epoch"], f"rank {rank} step {step}: epoch {b[step]['epoch']}"
             assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), f"rank {rank} step {step}"
     for rank in range(ranks):
         torch.testing.assert_close(

@@ -1,7 +1,8 @@
 """Callback for the multi-process tests' `wm fit` runs: records, per rank, what every step saw and the final weights.
 
-Writes DIR/rank{R}.jsonl lines {"phase", "step", "keys", "loss"} and DIR/rank{R}.weights.pt (a flat float64 copy
-of the trainable parameters); loaded by the tests through PYTHONPATH (not a test module itself).
+Writes DIR/rank{R}.jsonl lines {"phase", "step", "epoch", "keys", "loss"} (and "start" lines with the random
+state, weights and masks at each step's start) and DIR/rank{R}.weights.pt (a flat float64 copy of the parameters);
+loaded by the tests through PYTHONPATH (not a test module itself).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import torch
 class Probe(pl.Callback):
     """Record batch keys and losses per step and rank."""
 
-    def __init__(self, out: str) -> None:
+    def __init__(self, out: str, stop_at: int | None = None) -> None:
         """
         Args:
             out: directory for the per-rank records.
+            stop_at: stop the fit cleanly after this many optimizer steps (an interrupted run that saved).
         """
-        self.out = Path(out)
+        self.out, self.stop_at = Path(out), stop_at
 
     def _write(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -42,7 +44,10 @@ class Probe(pl.Callback):
                            batch_idx: int) -> None:  # fmt: skip
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         step = trainer.global_step - 1  # already incremented for this batch's optimizer step
-        self._write(trainer, {"phase": "train", "step": step, "keys": list(batch["key"]), "loss": float(loss)})
+        record = {"phase": "train", "step": step, "epoch": trainer.current_epoch, "keys": list(batch["key"])}
+        self._write(trainer, {**record, "loss": float(loss)})
+        if self.stop_at is not None and trainer.global_step >= self.stop_at:
+            trainer.should_stop = True
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip

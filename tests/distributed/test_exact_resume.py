@@ -47,7 +47,7 @@ def kill_and_resume(tmp: Path, trainer: list[str], shards: Path, steps: int, wor
                     ranks: int, every: int = 1) -> None:  # fmt: skip
     """The README's resume as a user types it: the same command again with `--ckpt_path last`."""
     straight, broken = tmp / "straight", tmp / "broken"
-    finish(start(fit_cmd(trainer, run_config(straight, shards, steps, workers)), tmp / "straight.log"),
+    finish(start(fit_cmd(trainer, run_config(straight, shards, steps, workers, every=every)), tmp / "straight.log"),
            tmp / "straight.log")  # fmt: skip
     config = run_config(broken, shards, steps, workers, every=every)
     proc = start(fit_cmd(trainer, config), tmp / "broken.log")
@@ -58,8 +58,6 @@ def kill_and_resume(tmp: Path, trainer: list[str], shards: Path, steps: int, wor
     assert f"resuming from {last_ckpt(broken)}" in (tmp / "resumed.log").read_text()
     assert sorted(p.name for p in (broken / "lightning_logs").iterdir()) == ["version_0", "version_1"]
     check_resume(straight, broken, held, steps, ranks)
-    epochs = [torch.load(last_ckpt(r), map_location="cpu", weights_only=True)["epoch"] for r in (straight, broken)]
-    assert epochs[0] == epochs[1] == (steps - 1) // 4, "the resumed run counts epochs like the uninterrupted one"
     check_step_labels(broken / "lightning_logs" / "version_1" / "metrics.csv", held, steps)
     check_run_stats(broken, ranks)
 
@@ -82,9 +80,22 @@ def test_kill_9_mid_epoch_then_resume_reproduces_the_run(tmp_path: Path, shards:
 
 @pytest.mark.multiproc
 @pytest.mark.slow
-def test_resume_from_the_last_step_of_an_epoch(tmp_path: Path, shards: tuple[Path, list[str]]) -> None:
-    # the only checkpoint is at step 4, the end of epoch 0: the next epoch's stream and random state must follow
-    kill_and_resume(tmp_path, ["--config", "configs/trainer/cpu.yaml"], shards[0], 6, 2, 4, 1, every=4)
+def test_chained_resumes_across_an_epoch_end(tmp_path: Path, shards: tuple[Path, list[str]]) -> None:
+    """A job requeued twice: stopped after the last step of epoch 0 (every checkpoint interval that divides into
+    epochs lands there), resumed and stopped mid-epoch 1, resumed to the end: the same run as one without stops."""
+    trainer, steps = ["--config", "configs/trainer/cpu.yaml"], 10
+    straight, job = tmp_path / "straight", tmp_path / "job"
+    finish(start(fit_cmd(trainer, run_config(straight, shards[0], steps, 2, every=2)), tmp_path / "s.log"),
+           tmp_path / "s.log")  # fmt: skip
+    for launch, stop in enumerate([4, 6, None]):
+        if (job / "probe").exists():
+            (job / "probe").rename(job / f"probe{launch}")
+        config = run_config(job, shards[0], steps, 2, every=2, stop_at=stop)
+        log = tmp_path / f"job{launch}.log"
+        finish(start(fit_cmd(trainer, config, *(["--ckpt_path", "last"] if launch else [])), log), log)
+        held = torch.load(last_ckpt(job), map_location="cpu", weights_only=True)["global_step"]
+        assert held == (stop or steps)
+    check_resume(straight, job, 6, steps, 1)
 
 
 DDP_CPU = ["--config", "configs/trainer/ddp.yaml", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
