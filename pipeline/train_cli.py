@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -122,9 +122,22 @@ class WorldModelCLI(LightningCLI):
 
     _started = 0.0
 
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--compile", type=Literal["off", "blocks", "modules"], default="off",
+            help="torch.compile each transformer block (blocks), each child module (modules), or nothing (off)",
+        )  # fmt: skip
+
     def _prepare(self) -> None:
         check_data(self.datamodule, self.subcommand)
         configure_threads(self.trainer, self.datamodule)
+        mode = self.config[self.subcommand].get("compile", "off") if self.subcommand else "off"
+        if mode != "off":
+            from pipeline.models.compile import compile_model
+
+            compiled = compile_model(self.model, mode)
+            if self.trainer.is_global_zero:
+                print(f"wm: compiled {len(compiled)} modules ({mode})", flush=True)
 
     def before_fit(self) -> None:
         self._prepare()
