@@ -127,10 +127,12 @@ class SyntheticDataModule(pl.LightningDataModule):
 
 
 class StepTimer(pl.Callback):
-    """Counts FLOPs of training step `flop_step` and times the steps from `warmup` on."""
+    """Counts FLOPs of training step `flop_step` and times the steps from `warmup` on; with `compile_mode` it
+    compiles the model right after the counted step (FLOPs are counted eagerly: FlopCounterMode is a dispatch mode
+    compiled code refuses), so the warmup steps after it pay for the compilation."""
 
-    def __init__(self, warmup: int, flop_step: int) -> None:
-        self.warmup, self.flop_step = warmup, flop_step
+    def __init__(self, warmup: int, flop_step: int, compile_mode: str = "off") -> None:
+        self.warmup, self.flop_step, self.compile_mode = warmup, flop_step, compile_mode
         self.counter: FlopCounterMode | None = None
         self.flops = 0
         self.start: float | None = None
@@ -159,6 +161,11 @@ class StepTimer(pl.Callback):
         if self.counter is not None:
             self.counter.__exit__(None, None, None)
             self.flops, self.counter = self.counter.get_total_flops(), None
+            if self.compile_mode != "off":
+                from pipeline.models.compile import compile_model, reset
+
+                reset()
+                compile_model(module, self.compile_mode)
         loss = out["loss"] if isinstance(out, dict) else out
         if loss is not None:
             self.losses.append(float(loss.detach()))
@@ -219,9 +226,32 @@ def bench_config(args: argparse.Namespace, overrides: list[str]) -> dict[str, An
     return cfg
 
 
-def run(cfg: dict[str, Any], warmup: int, extra_callbacks: list[pl.Callback] | None = None
-        ) -> tuple[pl.Trainer, StepTimer, int]:  # fmt: skip
-    """Fit the configured run; return the trainer, the timer and the per-rank batch size."""
+def matmul_ceiling_tflops(device: torch.device, n: int = 8192, iters: int = 20) -> float | None:
+    """The bf16 dense matmul throughput this device reaches (n x n x n, best of `iters`); None off CUDA.
+
+    MFU against it says how far the model is from what the chip really sustains, next to the datasheet peak.
+    """
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return 2 * n**3 / best / 1e12
+
+
+def run(cfg: dict[str, Any], warmup: int, extra_callbacks: list[pl.Callback] | None = None,
+        compile_mode: str = "off") -> tuple[pl.Trainer, StepTimer, int]:  # fmt: skip
+    """Fit the configured run (its model compiled as `wm fit --compile` would); return the trainer, the timer
+    and the per-rank batch size."""
     from lightning.pytorch.cli import LightningCLI
 
     argv, sys.argv = sys.argv, sys.argv[:1]  # the config comes from `cfg`, not from this process's arguments
@@ -235,12 +265,38 @@ def run(cfg: dict[str, Any], warmup: int, extra_callbacks: list[pl.Callback] | N
     from pipeline.train_cli import configure_threads
 
     configure_threads(cli.trainer, cli.datamodule)  # the threads `wm fit` would run with
-    timer = StepTimer(warmup=warmup, flop_step=max(0, warmup - 1))
+    flop_step = 0 if compile_mode != "off" else max(0, warmup - 1)  # compiled: count first, compile, then warm up
+    timer = StepTimer(warmup=warmup, flop_step=flop_step, compile_mode=compile_mode)
     cli.trainer.callbacks.extend([timer, *(extra_callbacks or [])])
     cli.trainer.fit(cli.model, cli.datamodule)
     dm = cli.datamodule
     batch = getattr(dm, "batch_size", None) or dm.hparams.get("batch_size")
     return cli.trainer, timer, int(batch)
+
+
+def measure(args: argparse.Namespace, overrides: list[str], compile_mode: str) -> tuple[pl.Trainer, dict[str, Any]]:
+    """One timed fit; its throughput, FLOPs, losses and (on a GPU) MFU and peak memory."""
+    trainer, timer, batch = run(bench_config(args, overrides), args.warmup, compile_mode=compile_mode)
+    if timer.start is None or timer.end is None or trainer.global_step < args.warmup + args.steps:
+        raise SystemExit(f"wm bench train: the fit stopped after {trainer.global_step} steps; nothing to time")
+    elapsed = timer.end - timer.start
+    timed = timer.batches - args.warmup  # batches, = optimizer steps unless gradients are accumulated
+    steps_per_s = timed / elapsed
+    world = trainer.world_size
+    result: dict[str, Any] = {
+        "compile": compile_mode, "model": type(trainer.lightning_module).__name__,
+        "precision": str(trainer.precision), "devices": world, "batch_size_per_device": batch,
+        "warmup_steps": args.warmup, "timed_steps": timed, "seconds": elapsed, "steps_per_s": steps_per_s,
+        "clips_per_s": steps_per_s * batch * world, "flops_per_step_per_device": timer.flops,
+        "flops_per_clip": timer.flops / batch,
+        "loss_first": timer.losses[0] if timer.losses else None,
+        "loss_last": timer.losses[-1] if timer.losses else None, "losses": timer.losses,
+    }  # fmt: skip
+    if torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda":
+        achieved = timer.flops * steps_per_s / 1e12
+        result.update(achieved_tflops_per_device=achieved, peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30)
+        torch.cuda.reset_peak_memory_stats()
+    return trainer, result
 
 
 def main(argv: list[str]) -> int:
@@ -252,38 +308,41 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--synthetic", action="store_true", help="random clips of the data config's shape")
     parser.add_argument("--batch-size", type=int, default=None, help="override the per-rank batch size")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by GPU name)")
+    parser.add_argument("--compile", choices=["off", "blocks", "both"], default="off",
+                        help="eager, compiled blocks, or both one after the other in this run (same data, same seed)")
     args, overrides = parser.parse_known_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        raise SystemExit("wm bench train: --steps and --warmup must be >= 1")
-    trainer, timer, batch = run(bench_config(args, overrides), args.warmup)
-    if timer.start is None or timer.end is None or trainer.global_step < args.warmup + args.steps:
-        raise SystemExit(f"wm bench train: the fit stopped after {trainer.global_step} steps; nothing to time")
-    elapsed = timer.end - timer.start
-    timed = timer.batches - args.warmup  # batches, = optimizer steps unless gradients are accumulated
-    steps_per_s = timed / elapsed
-    world = trainer.world_size
+    if args.steps < 1 or args.warmup < 1 or (args.compile != "off" and args.warmup < 2):
+        raise SystemExit("wm bench train: --steps and --warmup must be >= 1 (--warmup >= 2 with --compile)")
+    modes = ["off", "blocks"] if args.compile == "both" else [args.compile]
+    runs, trainer = {}, None
+    for mode in modes:
+        trainer, runs["eager" if mode == "off" else "compiled"] = measure(args, overrides, mode)
+    device = trainer.strategy.root_device
     result: dict[str, Any] = {
-        "configs": args.config, "overrides": overrides, "synthetic": args.synthetic,
-        "model": type(trainer.lightning_module).__name__, "precision": str(trainer.precision),
-        "devices": world, "batch_size_per_device": batch, "warmup_steps": args.warmup, "timed_steps": timed,
-        "seconds": elapsed, "steps_per_s": steps_per_s, "clips_per_s": steps_per_s * batch * world,
-        "flops_per_step_per_device": timer.flops, "flops_per_clip": timer.flops / batch,
+        "configs": args.config, "overrides": overrides, "synthetic": args.synthetic, "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "flops_counted_by": "torch.utils.flop_counter.FlopCounterMode, one forward+backward training step",
-        "loss_first": timer.losses[0] if timer.losses else None,
-        "loss_last": timer.losses[-1] if timer.losses else None,
-        "torch": torch.__version__, "device": "cpu",
     }  # fmt: skip
-    if torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda":
-        name = torch.cuda.get_device_name(trainer.strategy.root_device)
-        peak = args.peak_tflops or peak_tflops(name)
-        achieved = timer.flops * steps_per_s / 1e12
-        result.update(
-            device=name, achieved_tflops_per_device=achieved, peak_tflops=peak,
-            mfu=achieved / peak if peak else None, peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30,
-        )  # fmt: skip
+    if device.type == "cuda":
+        peak = args.peak_tflops or peak_tflops(result["device"])
+        ceiling = matmul_ceiling_tflops(device)
+        result.update(peak_tflops=peak, matmul_ceiling_tflops=ceiling)
+        for numbers in runs.values():
+            achieved = numbers["achieved_tflops_per_device"]
+            numbers["mfu"] = achieved / peak if peak else None
+            numbers["mfu_vs_matmul_ceiling"] = achieved / ceiling if ceiling else None
+    if len(runs) == 2:
+        eager, compiled = runs["eager"]["losses"], runs["compiled"]["losses"]
+        result["compiled_vs_eager"] = {
+            "speedup": runs["compiled"]["steps_per_s"] / runs["eager"]["steps_per_s"],
+            "max_abs_loss_difference": max((abs(a - b) for a, b in zip(eager, compiled, strict=False)), default=None),
+        }
+    if len(runs) == 1:  # one fit: its numbers at the top level too
+        result.update(next(iter(runs.values())))
+    result["runs"] = runs
     if trainer.global_rank == 0:
         write_json(args.json, result)
-        print(json.dumps(result, indent=2))
+        print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     return 0
 
 

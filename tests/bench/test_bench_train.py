@@ -61,6 +61,21 @@ def test_bench_train_tiny_vjepa_on_cpu_writes_counted_figures(tmp_path: Path) ->
     assert res["flops_per_clip"] == pytest.approx(counter.get_total_flops() / 2, rel=0.3)
 
 
+def test_compiled_training_step_matches_eager_in_the_same_run(tmp_path: Path) -> None:
+    """`--compile both`: eager, then the blocks compiled through inductor, on the same data and seed."""
+    out = tmp_path / "compile.json"
+    argv = ["--config", str(ROOT / "configs/trainer/cpu.yaml"), "--config", str(ROOT / "configs/vjepa/tiny.yaml"),
+            "--synthetic", "--steps", "3", "--warmup", "2", "--json", str(out), "--batch-size", "2",
+            "--compile", "both"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    eager, compiled = res["runs"]["eager"], res["runs"]["compiled"]
+    assert (eager["compile"], compiled["compile"]) == ("off", "blocks") and len(compiled["losses"]) == 5
+    # counted eagerly in both runs (masks vary the token counts from step to step)
+    assert compiled["flops_per_step_per_device"] == pytest.approx(eager["flops_per_step_per_device"], rel=0.3)
+    assert res["compiled_vs_eager"]["max_abs_loss_difference"] < 1e-5 and res["compiled_vs_eager"]["speedup"] > 0
+
+
 def test_bench_train_rejects_bad_overrides(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="'--key value' pairs"):
         main(["--config", str(ROOT / "configs/vjepa/tiny.yaml"), "--json", str(tmp_path / "x.json"), "--trainer.x"])
