@@ -12,6 +12,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "data": ("pipeline.bench.data", "stream clips/s vs the raw decoder and a naive PyAV baseline"),
     "train": ("pipeline.bench.train", "training steps/s, clips/s, FLOPs per clip, MFU and peak memory on GPU"),
     "profile": ("pipeline.bench.profile", "one training step's time by kernel category (matmul, attention, ...)"),
+    "suite": ("pipeline.bench.suite", "the GPU performance check in one run (--dry: its CPU dry run)"),
     "sample": ("pipeline.bench.sample", "diffusion sampling: generated frames/s at a number of steps"),
     "frechet": ("pipeline.bench.frechet", "Frechet distance: eigendecomposition vs scipy.linalg.sqrtm"),
 }
