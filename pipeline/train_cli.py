@@ -127,11 +127,20 @@ class WorldModelCLI(LightningCLI):
             "--compile", type=Literal["off", "blocks", "modules"], default="off",
             help="torch.compile each transformer block (blocks), each child module (modules), or nothing (off)",
         )  # fmt: skip
+        parser.add_argument(
+            "--activation_checkpointing", type=Literal["off", "blocks"], default="off",
+            help="recompute each transformer block's activations in the backward (less memory, one more forward)",
+        )  # fmt: skip
 
     def _prepare(self) -> None:
         check_data(self.datamodule, self.subcommand)
         configure_threads(self.trainer, self.datamodule)
-        mode = self.config[self.subcommand].get("compile", "off") if self.subcommand else "off"
+        config = self.config[self.subcommand] if self.subcommand else {}
+        if config.get("activation_checkpointing", "off") != "off":
+            from pipeline.models.memory import checkpoint_activations
+
+            checkpoint_activations(self.model, config["activation_checkpointing"])
+        mode = config.get("compile", "off")
         if mode != "off":
             from pipeline.models.compile import compile_model
 
