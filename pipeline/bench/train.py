@@ -248,8 +248,10 @@ def matmul_ceiling_tflops(device: torch.device, n: int = 8192, iters: int = 20) 
     return 2 * n**3 / best / 1e12
 
 
-def run(cfg: dict[str, Any], warmup: int, extra_callbacks: list[pl.Callback] | None = None,
-        compile_mode: str = "off") -> tuple[pl.Trainer, StepTimer, int]:  # fmt: skip
+def run(
+    cfg: dict[str, Any], warmup: int, extra_callbacks: list[pl.Callback] | None = None, compile_mode: str = "off",
+    activation_checkpointing: str = "off",
+) -> tuple[pl.Trainer, StepTimer, int]:
     """Fit the configured run (its model compiled as `wm fit --compile` would); return the trainer, the timer
     and the per-rank batch size."""
     from lightning.pytorch.cli import LightningCLI
@@ -265,6 +267,10 @@ def run(cfg: dict[str, Any], warmup: int, extra_callbacks: list[pl.Callback] | N
     from pipeline.train_cli import configure_threads
 
     configure_threads(cli.trainer, cli.datamodule)  # the threads `wm fit` would run with
+    if activation_checkpointing != "off":
+        from pipeline.models.memory import checkpoint_activations
+
+        checkpoint_activations(cli.model, activation_checkpointing)
     flop_step = 0 if compile_mode != "off" else max(0, warmup - 1)  # compiled: count first, compile, then warm up
     timer = StepTimer(warmup=warmup, flop_step=flop_step, compile_mode=compile_mode)
     cli.trainer.callbacks.extend([timer, *(extra_callbacks or [])])
@@ -276,7 +282,8 @@ def run(cfg: dict[str, Any], warmup: int, extra_callbacks: list[pl.Callback] | N
 
 def measure(args: argparse.Namespace, overrides: list[str], compile_mode: str) -> tuple[pl.Trainer, dict[str, Any]]:
     """One timed fit; its throughput, FLOPs, losses and (on a GPU) MFU and peak memory."""
-    trainer, timer, batch = run(bench_config(args, overrides), args.warmup, compile_mode=compile_mode)
+    trainer, timer, batch = run(bench_config(args, overrides), args.warmup, compile_mode=compile_mode,
+                                activation_checkpointing=args.activation_checkpointing)  # fmt: skip
     if timer.start is None or timer.end is None or trainer.global_step < args.warmup + args.steps:
         raise SystemExit(f"wm bench train: the fit stopped after {trainer.global_step} steps; nothing to time")
     elapsed = timer.end - timer.start
@@ -299,6 +306,40 @@ def measure(args: argparse.Namespace, overrides: list[str], compile_mode: str) -
     return trainer, result
 
 
+def search_batch_size(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run this benchmark at each of `--batch-sizes` in a fresh process (an out-of-memory error cannot be cleanly
+    recovered in-process), stopping at the first size that fails; the JSON lists them all."""
+    import subprocess
+    import tempfile
+
+    base, skip = [], False
+    for arg in argv:  # the same command without --batch-sizes/--json
+        if skip and not arg.startswith("--"):
+            continue
+        skip = arg in ("--batch-sizes", "--json", "--batch-size")
+        if not skip:
+            base.append(arg)
+    tried, largest = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sorted(args.batch_sizes):
+            out = Path(tmp) / f"b{size}.json"
+            proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "train", *base, "--batch-size",
+                                   str(size), "--json", str(out)], capture_output=True, text=True)  # fmt: skip
+            if proc.returncode != 0 or not out.is_file():
+                tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
+                tried.append({"batch_size": size, "fits": False, "error": tail[0][:300]})
+                break
+            numbers = json.loads(out.read_text())
+            tried.append({"batch_size": size, "fits": True, **{k: numbers.get(k) for k in
+                          ("clips_per_s", "steps_per_s", "mfu", "peak_memory_gib")}})  # fmt: skip
+            largest = size
+    result = {"configs": args.config, "tried": tried, "largest_that_fits": largest,
+              "activation_checkpointing": args.activation_checkpointing}  # fmt: skip
+    write_json(args.json, result)
+    print(json.dumps(result, indent=2))
+    return 0 if largest is not None else 1
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="wm bench train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", required=True, help="LightningCLI YAML (repeatable, merged)")
@@ -310,7 +351,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by GPU name)")
     parser.add_argument("--compile", choices=["off", "blocks", "both"], default="off",
                         help="eager, compiled blocks, or both one after the other in this run (same data, same seed)")
+    parser.add_argument("--activation-checkpointing", choices=["off", "blocks"], default="off",
+                        help="recompute each block's activations in the backward (as wm fit's option)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="try these per-device batch sizes in turn, each in its own process, up to the first that "
+                             "does not fit; report every one and the largest that fit")
     args, overrides = parser.parse_known_args(argv)
+    if args.batch_sizes:
+        return search_batch_size(args, argv)
     if args.steps < 1 or args.warmup < 1 or (args.compile != "off" and args.warmup < 2):
         raise SystemExit("wm bench train: --steps and --warmup must be >= 1 (--warmup >= 2 with --compile)")
     modes = ["off", "blocks"] if args.compile == "both" else [args.compile]

@@ -76,6 +76,18 @@ def test_compiled_training_step_matches_eager_in_the_same_run(tmp_path: Path) ->
     assert res["compiled_vs_eager"]["max_abs_loss_difference"] < 1e-5 and res["compiled_vs_eager"]["speedup"] > 0
 
 
+def test_batch_size_search_runs_each_size_in_its_own_process(tmp_path: Path) -> None:
+    out = tmp_path / "batch.json"
+    argv = ["--config", str(ROOT / "configs/trainer/cpu.yaml"), "--config", str(ROOT / "configs/vjepa/tiny.yaml"),
+            "--synthetic", "--steps", "1", "--warmup", "1", "--json", str(out), "--batch-sizes", "2", "1",
+            "--activation-checkpointing", "blocks"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert [t["batch_size"] for t in res["tried"]] == [1, 2] and all(t["fits"] for t in res["tried"])
+    assert res["largest_that_fits"] == 2 and res["activation_checkpointing"] == "blocks"
+    assert all(t["clips_per_s"] > 0 for t in res["tried"])
+
+
 def test_bench_train_rejects_bad_overrides(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="'--key value' pairs"):
         main(["--config", str(ROOT / "configs/vjepa/tiny.yaml"), "--json", str(tmp_path / "x.json"), "--trainer.x"])
