@@ -7,7 +7,8 @@ Each step is one `wm bench` command in its own process (a failure or an OOM in o
 its error is recorded), writing its JSON into OUT; `suite.json` collects every result and the time each took.
 The steps: V-JEPA ViT-L/16 and DiT-L training, eager and compiled (MFU against the datasheet peak and a
 measured matmul ceiling), a kernel-category profile of each, FSDP2 against DeepSpeed ZeRO-2 and ZeRO-3 on the
-tiny V-JEPA over every visible GPU, and DiT-L sampling frames/s.
+tiny V-JEPA over every visible GPU, DiT-L sampling frames/s, and the largest ViT-L/16 batch that fits. The
+whole suite takes longer than one 10-minute command: `--only` runs a subset.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ GPU = {
     "train_steps": ["--steps", "30", "--warmup", "8"],
     "profile_steps": ["--steps", "3", "--warmup", "5"],
     "sample": ["--steps", "3", "--frames", "16", "--batch-size", "8", "--precision", "bf16"],
+    "batch_sizes": ["24", "32", "48", "64", "96"],
 }
 DRY = {
     "vjepa": ["--config", "configs/trainer/cpu.yaml", "--config", "configs/vjepa/tiny.yaml"],
@@ -53,6 +55,7 @@ DRY = {
     "train_steps": ["--steps", "2", "--warmup", "2"],
     "profile_steps": ["--steps", "1", "--warmup", "1"],
     "sample": ["--steps", "2", "--frames", "8", "--batch-size", "2", "--repeats", "1", "--baseline-steps", "3"],
+    "batch_sizes": ["2", "4"],
 }  # fmt: skip
 
 
@@ -67,6 +70,8 @@ def steps(plan: dict[str, Any], out: Path) -> dict[str, list[str]]:
         "dit_profile": ["profile", *plan["dit"], "--synthetic", *plan["profile_steps"],
                         "--json", str(out / "dit_profile.json")],
         "dit_sample": ["sample", *plan["dit_model"], *plan["sample"], "--json", str(out / "dit_sample.json")],
+        "vjepa_batch": ["train", *plan["vjepa"], "--synthetic", "--steps", "3", "--warmup", "2",
+                        "--batch-sizes", *plan["batch_sizes"], "--json", str(out / "vjepa_batch.json")],
     }  # fmt: skip
     for name, strategy in plan["strategies"].items():
         todo[f"tiny_{name}"] = ["train", *strategy, *plan["tiny"], *train, "--json", str(out / f"tiny_{name}.json")]

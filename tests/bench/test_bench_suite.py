@@ -18,7 +18,7 @@ def test_the_gpu_plan_names_configs_that_exist() -> None:
             configs = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
             assert configs and all((ROOT / c).is_file() for c in configs), configs
     assert {"tiny_fsdp2", "tiny_zero2", "tiny_zero3", "vjepa_train", "dit_train", "vjepa_profile", "dit_profile",
-            "dit_sample"} == set(steps(GPU, Path("out")))  # fmt: skip
+            "dit_sample", "vjepa_batch"} == set(steps(GPU, Path("out")))  # fmt: skip
 
 
 def test_dry_run_of_two_steps_collects_their_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
