@@ -118,8 +118,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         state, client = consolidate_zero(path)
         kind = "zero"
     elif path.is_file():
-        client = torch.load(path, map_location="cpu", weights_only=True)
-        if "state_dict" not in client:
+        try:
+            client = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - whatever the file is, it is not a checkpoint we can read
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ExportError(f"{path} is not a readable checkpoint ({first[:160]})") from None
+        if not isinstance(client, dict) or "state_dict" not in client:
             raise ExportError(f"{path} has no 'state_dict': not a Lightning checkpoint")
         state, kind = client.pop("state_dict"), "lightning"
     else:

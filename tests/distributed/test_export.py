@@ -84,6 +84,11 @@ def test_bad_input_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         main(["--ckpt", str(tmp_path / "plain.pt"), "--out", str(tmp_path / "x.pt")])
     assert ".safetensors" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(SystemExit) as exc:
+        main(["--ckpt", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "x.safetensors")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "notes.txt is not a readable checkpoint" in err and len(err.splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
