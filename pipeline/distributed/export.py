@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 Weights = Literal["online", "ema", "both"]
 EMA_PREFIXES = ("target_encoder.", "ema_net.")  # V-JEPA target encoder, diffusion EMA network
-WRAPPER_PREFIX = "_forward_module."  # Lightning's DeepSpeed wrapper around the LightningModule
+WRAPPER_PREFIX = "_forward_module."  # Lightning Fabric's wrapper around a module (DeepSpeed checkpoints via Fabric)
 FORMAT = "wm-export/1"
 DEEPSPEED_KEYS = {
     "module", "buffer_names", "optimizer", "param_shapes", "frozen_param_shapes", "shared_params",
