@@ -13,7 +13,7 @@ import yaml
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-PROBE_DIR = ROOT / "tests" / "dist"  # resume_probe.Probe writes each rank's final weights
+PROBE_DIR = ROOT / "tests" / "distributed"  # resume_probe.Probe writes each rank's final weights
 
 
 def test_two_rank_ddp_fit_ends_with_identical_weights(sample_corpus: Path, tmp_path: Path, master_port: str) -> None:
@@ -39,7 +39,7 @@ def test_two_rank_ddp_fit_ends_with_identical_weights(sample_corpus: Path, tmp_p
     w1 = torch.load(tmp_path / "probe" / "rank1.weights.pt", weights_only=True)
     assert w0.numel() > 50_000 and torch.equal(w0, w1)
     # each rank drew its own masks and clips, so identical weights come from the all-reduce, not from identical inputs
-    keys = [[line for line in open(tmp_path / "probe" / f"rank{r}.jsonl")] for r in (0, 1)]
+    keys = [[line for line in open(tmp_path / "probe" / f"rank{r}.jsonl") if '"train"' in line] for r in (0, 1)]
     assert len(keys[0]) == len(keys[1]) == 4 and keys[0] != keys[1]
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 4
