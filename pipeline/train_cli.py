@@ -132,6 +132,18 @@ class WorldModelCLI(LightningCLI):
             help="recompute each transformer block's activations in the backward (less memory, one more forward)",
         )  # fmt: skip
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # e.g. a GPU trainer config on a machine without GPUs
+            hint = ""
+            if "gpu" in str(err).lower() or "cuda" in str(err).lower():
+                hint = ("; without GPUs use --config configs/trainer/cpu.yaml, or add --trainer.accelerator cpu "
+                        "--trainer.precision 32-true to the DDP config")  # fmt: skip
+            raise ConfigError(f"trainer: {str(err).strip().splitlines()[0]}{hint}") from None
+
     def _prepare(self) -> None:
         check_data(self.datamodule, self.subcommand)
         configure_threads(self.trainer, self.datamodule)

@@ -46,3 +46,16 @@ def test_the_command_line_prints_the_line_alone(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("wm: data.init_args.train_shards: ")
+
+
+def test_a_gpu_trainer_config_on_a_machine_without_gpus(monkeypatch, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    monkeypatch.setattr(sys, "argv", ["wm"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fit", "--config", str(ROOT / "configs/trainer/ddp.yaml"), "--config",
+                  str(ROOT / "configs/vjepa/tiny.yaml"), "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    message = str(exc.value.code)
+    assert message.startswith("wm: trainer: ") and "--trainer.accelerator cpu --trainer.precision 32-true" in message
